@@ -1,0 +1,1 @@
+"""compose engine: an OpenAI-compatible LLM gateway whose providers are TOML specs."""

@@ -1,0 +1,86 @@
+"""Route: the Litestar application, built from `routes.toml`.
+
+Each declared route becomes one handler that authenticates (when the route says so) and hands over to
+its operation. Every error, including Litestar's own 404/405/413 and anything unexpected, leaves as an
+OpenAI-shaped body; tracebacks go to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from litestar import Litestar, Request, Response, route
+from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
+
+from engine.auth import authenticate
+from engine.errors import GatewayError
+from engine.gateway import Gateway
+from engine.operations import operation_for
+from engine.proxy import Timer
+from engine.spec.models import Route
+
+log = logging.getLogger("engine.app")
+
+
+def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
+    operation = operation_for(spec.operation)
+    prefix = gw.specs.routes.gateway.key_prefix
+    needs_key = spec.auth == "gateway_key"
+
+    async def handle(request: Request[Any, Any, Any]) -> Response[Any]:
+        timer = Timer(time.perf_counter())
+        key = authenticate(request.headers.get("authorization"), gw.store, prefix) if needs_key else None
+        return await operation(gw, request, key, timer)
+
+    handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"
+    return route(spec.path, http_method=[spec.method], name=f"{spec.method} {spec.path}", status_code=200)(handle)
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status == 404:
+        error = GatewayError(404, f"Invalid URL ({request.method} {request.url.path}).", code="unknown_url")
+    elif status == 405:
+        error = GatewayError(
+            405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
+        )
+    elif status == 413:
+        error = GatewayError(413, "The request body is too large.", code="request_too_large")
+    else:
+        error = GatewayError(status, str(exc.detail))
+    return _gateway_error(request, error)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    error = GatewayError(
+        500,
+        "The gateway failed to process this request. It has been logged; retry later.",
+        type="api_error",
+        code="internal_error",
+    )
+    return _gateway_error(request, error)
+
+
+def build_app(gw: Gateway) -> Litestar:
+    return Litestar(
+        route_handlers=[_handler(gw, spec) for spec in gw.specs.routes.routes],
+        on_startup=[gw.startup],
+        on_shutdown=[gw.shutdown],
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected},
+        openapi_config=None,
+        request_max_body_size=gw.specs.routes.gateway.max_body_mb * 1024 * 1024,
+        debug=False,
+    )
+
+
+def create_app() -> Litestar:
+    """Uvicorn factory: the gateway from the environment (`ENGINE_SPECS`, `ENGINE_DB`, provider keys)."""
+    return build_app(Gateway.build())

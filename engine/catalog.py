@@ -1,0 +1,194 @@
+"""Resolve model: public model ID → the provider and upstream model that will serve it.
+
+The catalog is the union of the models in every provider spec. A provider is *live* when its key is in
+the environment; only live providers serve requests, and `/models` lists only models with a live
+provider. Everything a request needs from a spec is compiled here once, per (provider, model) candidate:
+mappings and wire rules whose conditions read only the model are decided at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import GatewayError, model_not_found
+from engine.mapping import CompiledMapping
+from engine.rules import Expression, compile_expression
+from engine.spec.loader import ERROR_NAMES, REQUEST_NAMES, Specs
+from engine.spec.models import ErrorRule, ModelRow, ProviderSpec
+from engine.wires import WIRES, Wire
+
+
+@dataclass(frozen=True)
+class CompiledWireRule:
+    when: Expression | None  # None: decided true for this model at start-up
+    wire: Wire
+    why: str
+
+
+@dataclass(frozen=True)
+class CompiledErrorRule:
+    rule: ErrorRule
+    when: Expression
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider spec bound to this process's environment."""
+
+    spec: ProviderSpec
+    id: str
+    base_url: str
+    api_key: str | None
+    wire: Wire
+    mappings: tuple[CompiledMapping, ...]
+    wire_rules: tuple[tuple[int, CompiledWireRule], ...]
+    error_rules: tuple[CompiledErrorRule, ...]
+
+    @property
+    def live(self) -> bool:
+        return bool(self.api_key)
+
+    def auth_headers(self, redacted: bool = False) -> dict[str, str]:
+        """The credential header; redacted (or not live) it shows where the key goes, not the key."""
+        auth = self.spec.auth
+        key = "[redacted]" if redacted else self.api_key or f"${{{auth.env}}}"
+        return {auth.header: f"{auth.scheme} {key}" if auth.scheme else key}
+
+    @classmethod
+    def bind(cls, spec: ProviderSpec, env: Mapping[str, str]) -> Provider:
+        info = spec.provider
+        base_url = (env.get(info.base_url_env) if info.base_url_env else None) or info.base_url
+        rules = tuple(
+            (i, CompiledWireRule(compile_expression(r.when, REQUEST_NAMES), WIRES[r.wire], r.why))
+            for i, r in enumerate(spec.wire_rules)
+        )
+        return cls(
+            spec=spec,
+            id=info.id,
+            base_url=base_url.rstrip("/"),
+            api_key=env.get(spec.auth.env) or None,
+            wire=WIRES[info.wire],
+            mappings=tuple(CompiledMapping.compile(m) for m in spec.mappings),
+            wire_rules=rules,
+            error_rules=compile_error_rules(spec.error_rules),
+        )
+
+
+def compile_error_rules(rules: list[ErrorRule]) -> tuple[CompiledErrorRule, ...]:
+    return tuple(CompiledErrorRule(r, compile_expression(r.when, ERROR_NAMES)) for r in rules)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve a public model: a provider, its row for the model, and the pre-decided spec."""
+
+    public_id: str
+    provider: Provider
+    row: ModelRow
+    view: dict[str, Any]  # what spec expressions see as `model`
+    mappings: tuple[CompiledMapping, ...]
+    wire_rules: tuple[tuple[int, CompiledWireRule], ...]
+
+    @classmethod
+    def build(cls, public_id: str, provider: Provider, row: ModelRow) -> Candidate:
+        view = {"id": public_id, "provider": provider.id, **row.model_dump()}
+        mappings = tuple(m for m in (m.decided_for(view) for m in provider.mappings) if m is not None)
+        rules: list[tuple[int, CompiledWireRule]] = []
+        for index, rule in provider.wire_rules:
+            if rule.when is not None and rule.when.reads_only("model"):
+                if not rule.when.holds(model=view):
+                    continue
+                rules.append((index, CompiledWireRule(None, rule.wire, rule.why)))
+                break  # always fires for this model: later rules can never be reached
+            rules.append((index, rule))
+        return cls(public_id, provider, row, view, mappings, tuple(rules))
+
+
+class Catalog:
+    def __init__(self, providers: list[Provider]) -> None:
+        self.providers = {p.id: p for p in providers}
+        by_model: dict[str, list[Candidate]] = {}
+        for provider in sorted(providers, key=lambda p: p.spec.provider.priority):
+            for public_id, row in provider.spec.models.items():
+                by_model.setdefault(public_id, []).append(Candidate.build(public_id, provider, row))
+        self._all = by_model
+        self._live = {
+            model: live
+            for model, candidates in by_model.items()
+            if (live := [c for c in candidates if c.provider.live])
+        }
+
+    @classmethod
+    def from_specs(cls, specs: Specs, env: Mapping[str, str] | None = None) -> Catalog:
+        env = os.environ if env is None else env
+        return cls([Provider.bind(f.spec, env) for f in specs.providers])
+
+    def live_models(self) -> dict[str, list[Candidate]]:
+        return self._live
+
+    def live_providers(self) -> list[Provider]:
+        return [p for p in self.providers.values() if p.live]
+
+    def all_candidates(self, public_id: str) -> list[Candidate]:
+        return self._all.get(public_id, [])
+
+    def resolve(self, public_id: str) -> Candidate:
+        """The preferred live candidate, or a 404 that does not reveal unconfigured providers."""
+        candidates = self._live.get(public_id)
+        if not candidates:
+            raise model_not_found(public_id)
+        return candidates[0]
+
+
+def check_capabilities(request: dict[str, Any], candidate: Candidate) -> None:
+    """Refuse, before any upstream call, a request that needs what the model's row says it lacks."""
+    row, model = candidate.row, candidate.public_id
+    if request.get("tools") and not row.tools:
+        raise GatewayError(
+            400,
+            f"The model `{model}` does not support tools; remove `tools` or pick a model that does.",
+            param="tools",
+            code="unsupported_parameter",
+        )
+    if request.get("stream") and not row.streaming:
+        raise GatewayError(
+            400,
+            f"The model `{model}` does not support streaming; send `stream: false`.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    if request.get("reasoning_effort") not in (None, "none") and not row.reasoning:
+        raise GatewayError(
+            400,
+            f"The model `{model}` is not a reasoning model; remove `reasoning_effort`.",
+            param="reasoning_effort",
+            code="unsupported_parameter",
+        )
+    response_format = request.get("response_format")
+    wants_schema = isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+    if wants_schema and not row.structured_output:
+        raise GatewayError(
+            400,
+            f"The model `{model}` does not support `response_format` of type `json_schema`;"
+            " use `json_object` or another model.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    if "image" not in row.modalities.input and _has_part(request, "image_url"):
+        raise GatewayError(
+            400,
+            f"The model `{model}` does not accept image input; remove the `image_url` parts.",
+            param="messages",
+            code="unsupported_parameter",
+        )
+
+
+def _has_part(request: dict[str, Any], part_type: str) -> bool:
+    for message in request.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == part_type for p in content):
+            return True
+    return False

@@ -1,0 +1,231 @@
+"""`engine`: serve the gateway, check specs, show what a request lowers to, manage gateway keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import GatewayError
+
+
+def _specs_dir(args: argparse.Namespace) -> Path:
+    from engine.gateway import default_specs_dir
+
+    return Path(args.specs) if args.specs else default_specs_dir()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.catalog import Catalog
+    from engine.spec.loader import SpecError, load_specs
+
+    try:
+        specs = load_specs(_specs_dir(args))
+    except SpecError as exc:
+        print(f"engine check: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    catalog = Catalog.from_specs(specs)
+    models = sum(len(f.spec.models) for f in specs.providers)
+    print(f"ok: {len(specs.routes.routes)} routes, {len(specs.providers)} providers, {models} model rows")
+    for provider in catalog.providers.values():
+        state = "live" if provider.live else f"no key (${provider.spec.auth.env} unset)"
+        print(f"  {provider.id:<12} {len(provider.spec.models):>3} models  {state}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.catalog import Catalog
+    from engine.spec.loader import SpecError, load_specs
+
+    specs_dir = _specs_dir(args)
+    try:
+        specs = load_specs(specs_dir)  # fail before binding the port, with every problem listed
+    except SpecError as exc:
+        print("engine serve: the specs do not load:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    os.environ["ENGINE_SPECS"] = str(specs_dir)  # for every worker process
+    catalog = Catalog.from_specs(specs)
+    live = catalog.live_providers()
+    print(f"engine: listening on http://{args.host}:{args.port}/external/v1 ({args.workers} worker(s))")
+    if live:
+        for provider in live:
+            print(f"engine: provider {provider.id} is live ({len(provider.spec.models)} models)")
+    else:
+        names = ", ".join(sorted(f"${p.spec.auth.env}" for p in catalog.providers.values()))
+        print(f"engine: no provider is live; set one of {names}")
+    sys.stdout.flush()
+    uvicorn.run(
+        "engine.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=args.access_log,
+        log_level="info" if args.access_log else "warning",
+    )
+    return 0
+
+
+def cmd_lower(args: argparse.Namespace) -> int:
+    from engine.catalog import Catalog, check_capabilities
+    from engine.lower import lower_request
+    from engine.select import select_wire
+    from engine.spec.loader import SpecError, load_specs
+    from engine.validate import parse_json_object, validate_chat
+
+    try:
+        specs = load_specs(_specs_dir(args))
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    raw = Path(args.file).read_bytes() if args.file and args.file != "-" else sys.stdin.buffer.read()
+    try:
+        body = parse_json_object(raw)
+        if args.model:
+            body["model"] = args.model
+        validate_chat(body)
+        catalog = Catalog.from_specs(specs)
+        candidates = catalog.all_candidates(body["model"])
+        if args.provider:
+            candidates = [c for c in candidates if c.provider.id == args.provider]
+        if not candidates:
+            print(
+                f"engine lower: no provider spec serves {body['model']!r}"
+                + (f" via {args.provider!r}" if args.provider else ""),
+                file=sys.stderr,
+            )
+            return 1
+        candidate = candidates[0]
+        check_capabilities(body, candidate)
+        choice = select_wire(candidate, body, "chat.completions")
+        upstream = lower_request(
+            candidate, body, choice, "chat.completions", frozenset(specs.routes.sanitize.strip_fields)
+        )
+    except GatewayError as exc:
+        print(f"engine lower: the gateway would answer {exc.status}:", file=sys.stderr)
+        print(json.dumps(exc.payload(), indent=2), file=sys.stderr)
+        return 1
+    shown: dict[str, Any] = {
+        "provider": candidate.provider.id,
+        "wire": choice.wire.name,
+        "why": choice.reason,
+        "method": upstream.method,
+        "url": upstream.url,
+        "headers": upstream.redacted_headers(),
+        "body": upstream.body,
+    }
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from engine.store import Store, default_db_path
+
+    return Store(Path(args.db) if args.db else default_db_path())
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    from engine.spec.loader import load_specs
+
+    return load_specs(_specs_dir(args)).routes.gateway.key_prefix
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from engine.store import StoreError
+
+    store = _store(args)
+    try:
+        if args.keys_command == "create":
+            key = store.create_key(args.name, _prefix(args))
+            print(f"created key {args.name!r}; it is shown once, store it now:", file=sys.stderr)
+            print(key)
+        elif args.keys_command == "list":
+            usage = store.usage_by_key()
+            print(
+                f"{'NAME':<20} {'ID':<13} {'CREATED':<20} {'STATE':<8} {'REQUESTS':>9} {'TOKENS':>12} {'COST_USD':>10}"
+            )
+            for record in store.list_keys():
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created_at))
+                state = "revoked" if record.revoked_at else "active"
+                requests, prompt, completion, cost = usage.get(record.id, (0, 0, 0, 0.0))
+                print(
+                    f"{record.name:<20} {record.id:<13} {created:<20} {state:<8} {requests:>9} "
+                    f"{prompt + completion:>12} {cost:>10.4f}"
+                )
+        elif args.keys_command == "revoke":
+            store.revoke_key(args.name)
+            print(f"revoked key {args.name!r}")
+    except StoreError as exc:
+        print(f"engine keys: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from engine.spec.schema import publish
+
+    for path in publish(_specs_dir(args) / "schema"):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_specs(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--specs", help="spec directory (default: $ENGINE_SPECS or ./specs of the checkout)")
+        return p
+
+    serve = with_specs(sub.add_parser("serve", help="run the gateway"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=cmd_serve)
+
+    check = with_specs(sub.add_parser("check", help="validate the specs; exit 1 naming file and key"))
+    check.set_defaults(func=cmd_check)
+
+    lower = with_specs(sub.add_parser("lower", help="print the upstream request a client request becomes"))
+    lower.add_argument("file", nargs="?", help="client request JSON (default: stdin)")
+    lower.add_argument("--model", help="public model ID (default: the request's `model`)")
+    lower.add_argument("--provider", help="use this provider's spec even if another is preferred")
+    lower.set_defaults(func=cmd_lower)
+
+    keys = with_specs(sub.add_parser("keys", help="manage gateway keys"))
+    keys.add_argument("--db", help="SQLite file (default: $ENGINE_DB or var/engine.sqlite3)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; prints it as the last line")
+    create.add_argument("--name", required=True)
+    keys_sub.add_parser("list", help="list keys with their usage")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    keys.set_defaults(func=cmd_keys)
+
+    schema = with_specs(sub.add_parser("schema", help="regenerate specs/schema/*.schema.json"))
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

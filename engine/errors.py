@@ -1,0 +1,80 @@
+"""OpenAI-shaped errors: the only error body a client of the gateway ever sees.
+
+Every failure, the gateway's own or an upstream's, ends as `GatewayError`, rendered as OpenAI's four-key
+body `{"error": {"message", "type", "param", "code"}}`. Messages are written for the caller: they say
+what to change, and never carry a provider key, an upstream address or a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+DEFAULT_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def default_type(status: int) -> str:
+    return DEFAULT_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+class GatewayError(Exception):
+    """An error answer, ready to render."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or default_type(status)
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def payload(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def body(self) -> bytes:
+        return msgspec.json.encode(self.payload())
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it. "
+        "GET /models lists the models available to your key.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def not_implemented(operation: str) -> GatewayError:
+    return GatewayError(
+        501,
+        f"The `{operation}` operation is declared in this gateway's routes but not implemented yet: "
+        "no wire codec serves it.",
+        type="not_implemented_error",
+        code="operation_not_implemented",
+    )

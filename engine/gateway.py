@@ -1,0 +1,67 @@
+"""The gateway's state for one process: specs, catalog, key store, meter and the upstream client,
+all built once at start-up. Request handlers only read it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from engine.catalog import Catalog, compile_error_rules
+from engine.metering import Meter
+from engine.sanitize import Sanitizer
+from engine.spec.loader import Specs, load_specs
+from engine.store import REPO_ROOT, Store, default_db_path
+from engine.transport import make_client
+
+
+def default_specs_dir() -> Path:
+    configured = os.environ.get("ENGINE_SPECS")
+    return Path(configured) if configured else REPO_ROOT / "specs"
+
+
+@dataclass
+class Gateway:
+    specs: Specs
+    catalog: Catalog
+    store: Store
+    meter: Meter
+    client: httpx.AsyncClient
+    sanitizers: dict[str, Sanitizer]
+    strip_fields: frozenset[str]
+
+    @classmethod
+    def build(
+        cls,
+        specs_dir: Path | None = None,
+        db_path: Path | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Gateway:
+        specs = load_specs(specs_dir or default_specs_dir())
+        catalog = Catalog.from_specs(specs, env)
+        store = Store(db_path or default_db_path())
+        routes = specs.routes
+        shared_rules = compile_error_rules(routes.error_rules)
+        sanitizers = {
+            p.id: Sanitizer.build(p, shared_rules, routes.sanitize.redact_patterns) for p in catalog.providers.values()
+        }
+        return cls(
+            specs=specs,
+            catalog=catalog,
+            store=store,
+            meter=Meter(store),
+            client=make_client(transport),
+            sanitizers=sanitizers,
+            strip_fields=frozenset(routes.sanitize.strip_fields),
+        )
+
+    async def startup(self) -> None:
+        self.meter.start()
+
+    async def shutdown(self) -> None:
+        await self.meter.stop()
+        await self.client.aclose()
+        self.store.close()

@@ -1,0 +1,159 @@
+"""Field mappings: a provider spec's `[[mappings]]` blocks.
+
+Mappings are how a spec says "this provider calls it `random_seed`", "this model rejects `temperature`",
+"this provider has no `developer` role" or "cap `max_tokens` at 8192" without Python. Keys are paths
+into the body: dots descend into objects, and `[]` after a key applies to every element of that list
+(`messages[].name`). Blocks with `stage = "request"` see the OpenAI-shaped request before the wire codec;
+`stage = "wire"` blocks see the provider's own body after it.
+
+Nothing is mutated in place: every change copies the containers on its path, so the client's decoded
+request is never altered behind the engine's back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.rules import Expression, compile_expression
+from engine.spec.loader import REQUEST_NAMES
+from engine.spec.models import Mapping
+
+MISSING: Any = object()
+
+Segment = tuple[str, bool]  # (key, applies to each element of a list)
+
+
+def parse_path(path: str) -> tuple[Segment, ...]:
+    return tuple((part.removesuffix("[]"), part.endswith("[]")) for part in path.split("."))
+
+
+def get_path(body: dict[str, Any], path: str) -> Any:
+    """The value at a path without `[]`, or MISSING."""
+    node: Any = body
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def update(node: dict[str, Any], segments: tuple[Segment, ...], change: Callable[[Any], Any]) -> None:
+    """Replace the value at `segments` (in `node`) by `change(old)`; `old` is MISSING when absent and a
+    result of MISSING deletes the key. Containers on the way are copied before they are touched."""
+    (key, each), rest = segments[0], segments[1:]
+    if each:
+        items = node.get(key)
+        if not isinstance(items, list):
+            return
+        copies = []
+        for item in items:
+            if isinstance(item, dict):
+                item = dict(item)
+                if rest:
+                    update(item, rest, change)
+            copies.append(item)
+        node[key] = copies
+        return
+    if rest:
+        child = node.get(key, MISSING)
+        if child is MISSING:
+            if change(MISSING) is MISSING:
+                return  # nothing to delete, nothing to create
+            child = {}
+        if not isinstance(child, dict):
+            return
+        node[key] = child = dict(child)
+        update(child, rest, change)
+        return
+    new = change(node.get(key, MISSING))
+    if new is MISSING:
+        node.pop(key, None)
+    else:
+        node[key] = new
+
+
+def _const(value: Any) -> Callable[[Any], Any]:
+    return lambda _old: value
+
+
+def _default(value: Any) -> Callable[[Any], Any]:
+    return lambda old: value if old is MISSING else old
+
+
+def _clamp(low: float | None, high: float | None) -> Callable[[Any], Any]:
+    def change(old: Any) -> Any:
+        if not isinstance(old, int | float) or isinstance(old, bool):
+            return old
+        if low is not None and old < low:
+            return type(old)(low)
+        if high is not None and old > high:
+            return type(old)(high)
+        return old
+
+    return change
+
+
+def _replace(table: dict[str, Any]) -> Callable[[Any], Any]:
+    return lambda old: table.get(old, old) if isinstance(old, str) else old
+
+
+@dataclass(frozen=True)
+class Step:
+    segments: tuple[Segment, ...]
+    change: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class CompiledMapping:
+    stage: str
+    when: Expression | None
+    renames: tuple[tuple[str, str], ...]
+    steps: tuple[Step, ...]
+    compute: tuple[tuple[tuple[Segment, ...], Expression], ...]
+
+    @classmethod
+    def compile(cls, spec: Mapping) -> CompiledMapping:
+        steps = [Step(parse_path(p), _const(MISSING)) for p in spec.drop]
+        steps += [Step(parse_path(p), _default(v)) for p, v in spec.default.items()]
+        steps += [Step(parse_path(p), _const(v)) for p, v in spec.set.items()]
+        steps += [Step(parse_path(p), _clamp(c.min, c.max)) for p, c in spec.clamp.items()]
+        steps += [Step(parse_path(p), _replace(t)) for p, t in spec.replace.items()]
+        return cls(
+            stage=spec.stage,
+            when=compile_expression(spec.when, REQUEST_NAMES) if spec.when else None,
+            renames=tuple(spec.rename.items()),
+            steps=tuple(steps),
+            compute=tuple((parse_path(p), compile_expression(v, REQUEST_NAMES)) for p, v in spec.compute.items()),
+        )
+
+    def decided_for(self, model: dict[str, Any]) -> CompiledMapping | None:
+        """Partially evaluate against one model: drop the block if its condition reads only the model and
+        is false, drop the condition if it is true. Per-request work is then only what depends on it."""
+        if self.when is None or not self.when.reads_only("model"):
+            return self
+        if self.when.holds(model=model):
+            return CompiledMapping(self.stage, None, self.renames, self.steps, self.compute)
+        return None
+
+    def apply(self, body: dict[str, Any], names: dict[str, Any]) -> None:
+        if self.when is not None and not self.when.holds(**names):
+            return
+        for old, new in self.renames:
+            value = get_path(body, old)
+            if value is MISSING:
+                continue
+            update(body, parse_path(old), _const(MISSING))
+            update(body, parse_path(new), _default(value))
+        for step in self.steps:
+            update(body, step.segments, step.change)
+        for segments, expression in self.compute:
+            result = expression(**names)
+            update(body, segments, _const(MISSING if result is None else result))
+
+
+def apply_stage(mappings: tuple[CompiledMapping, ...], stage: str, body: dict[str, Any], names: dict[str, Any]) -> None:
+    for mapping in mappings:
+        if mapping.stage == stage:
+            mapping.apply(body, names)

@@ -1,0 +1,90 @@
+"""Metering: token usage and cost per key, model and day, kept in the embedded database.
+
+The request path only adds to an in-memory tally; a background task folds the tally into SQLite every
+few seconds (and at shutdown). Rows are daily aggregates, so the table grows with keys, models and days,
+never with traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from engine.spec.models import Price
+from engine.store import Store
+from engine.wires.base import Usage
+
+
+@dataclass
+class Tally:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def cost_of(usage: Usage, price: Price | None) -> float:
+    if price is None:
+        return 0.0
+    cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input is not None else 0
+    return (
+        (usage.prompt_tokens - cached) * price.input
+        + cached * (price.cached_input or 0.0)
+        + usage.completion_tokens * price.output
+    ) / 1_000_000
+
+
+class Meter:
+    def __init__(self, store: Store, interval: float = 5.0) -> None:
+        self._store = store
+        self._interval = interval
+        self._pending: dict[tuple[str, str, str, str], Tally] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, key_id: str, model: str, provider: str, usage: Usage | None, price: Price | None) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        tally = self._pending.setdefault((key_id, day, model, provider), Tally())
+        tally.requests += 1
+        if usage is not None:
+            tally.prompt_tokens += usage.prompt_tokens
+            tally.completion_tokens += usage.completion_tokens
+            tally.cached_tokens += usage.cached_tokens
+            tally.reasoning_tokens += usage.reasoning_tokens
+            tally.cost_usd += cost_of(usage, price)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if pending:
+            self._store.add_usage(
+                [
+                    (
+                        *k,
+                        t.requests,
+                        t.prompt_tokens,
+                        t.completion_tokens,
+                        t.cached_tokens,
+                        t.reasoning_tokens,
+                        t.cost_usd,
+                    )
+                    for k, t in pending.items()
+                ]
+            )
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.flush()

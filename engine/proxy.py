@@ -1,0 +1,206 @@
+"""Send → raise → sanitize → respond, for one lowered request.
+
+The upstream is always read as a stream so its status is known before its body: an error is read whole,
+sanitized and answered with the upstream's status; a success is raised by the wire codec to the OpenAI
+shape, either as one JSON body or relayed event by event. Diagnostic headers go on every answer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+
+from engine.errors import GatewayError
+from engine.gateway import Gateway
+from engine.lower import UpstreamRequest
+from engine.store import KeyRecord
+from engine.wires.base import StreamBroken, UpstreamError
+from engine.wires.sse import frame, iter_events
+
+log = logging.getLogger("engine.proxy")
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_DONE = frame(b"[DONE]")
+
+
+def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest) -> dict[str, str]:
+    names = gw.specs.routes.headers
+    candidate = upstream.candidate
+    return {
+        names.public_model: candidate.public_id,
+        names.upstream_provider: candidate.provider.id,
+        names.upstream_model: candidate.row.upstream,
+    }
+
+
+def _forwarded(gw: Gateway, response: httpx.Response) -> dict[str, str]:
+    patterns = gw.specs.routes.sanitize.forward_headers
+    return {k: v for k, v in response.headers.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+
+
+def _strip(gw: Gateway, doc: Any) -> Any:
+    if isinstance(doc, dict) and gw.strip_fields and not gw.strip_fields.isdisjoint(doc):
+        return {k: v for k, v in doc.items() if k not in gw.strip_fields}
+    return doc
+
+
+@dataclass
+class Timer:
+    """Splits wall time into the upstream's share and the gateway's own (the overhead header)."""
+
+    started: float
+    upstream: float = 0.0
+
+    def overhead_ms(self) -> str:
+        return f"{(time.perf_counter() - self.started - self.upstream) * 1000:.3f}"
+
+
+async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
+    timeouts = upstream.candidate.provider.spec.timeouts
+    request = gw.client.build_request(
+        upstream.method,
+        upstream.url,
+        headers=upstream.headers,
+        content=_encode(upstream.body),
+        timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect),
+    )
+    provider = upstream.candidate.provider.id
+    try:
+        return await gw.client.send(request, stream=True)
+    except httpx.TimeoutException:
+        raise GatewayError(
+            504,
+            f"The upstream provider `{provider}` did not answer in time. Retry, or try again later.",
+            type="api_error",
+            code="upstream_timeout",
+        ) from None
+    except httpx.TransportError as exc:
+        log.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
+        raise GatewayError(
+            502,
+            f"The gateway could not reach the upstream provider `{provider}`. Retry shortly.",
+            type="api_error",
+            code="upstream_unreachable",
+        ) from None
+
+
+async def proxy(gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer) -> Response[Any]:
+    headers = diagnostic_headers(gw, upstream)
+    try:
+        return await _proxy(gw, upstream, key, timer, headers)
+    except GatewayError as error:
+        error.headers.update(headers)
+        raise
+
+
+async def _proxy(
+    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer, headers: dict[str, str]
+) -> Response[Any]:
+    candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
+    sanitize = gw.sanitizers[candidate.provider.id]
+    began = time.perf_counter()
+    response = await send(gw, upstream)
+    if response.status_code >= 400 or (call.stream and not _is_event_stream(response)):
+        try:
+            raw = await _read(response)
+        finally:
+            timer.upstream += time.perf_counter() - began
+        status = response.status_code if response.status_code >= 400 else 502
+        error = sanitize(status, wire.error_of(raw))
+        error.headers.update(_forwarded(gw, response))
+        gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
+        raise error
+
+    if call.stream:
+        timer.upstream += time.perf_counter() - began
+        relay = _relay(gw, upstream, key, response, sanitize)
+        return Stream(relay, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+    try:
+        raw = await _read(response)
+    finally:
+        timer.upstream += time.perf_counter() - began
+    try:
+        doc = _decode(raw)
+    except msgspec.DecodeError:
+        raise GatewayError(
+            502,
+            f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON.",
+            type="api_error",
+            code="upstream_invalid_response",
+        ) from None
+    answer = _strip(gw, wire.raise_json(doc, call))
+    gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
+    overhead = gw.specs.routes.headers.overhead
+    if overhead:
+        headers[overhead] = timer.overhead_ms()
+    return Response(_encode(answer), media_type="application/json", headers=headers)
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def _read(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.TimeoutException:
+        raise GatewayError(
+            504, "The upstream provider stopped answering mid-response.", type="api_error", code="upstream_timeout"
+        ) from None
+    except httpx.TransportError:
+        raise GatewayError(
+            502,
+            "The upstream connection failed mid-response. Retry shortly.",
+            type="api_error",
+            code="upstream_unreachable",
+        ) from None
+    finally:
+        await response.aclose()
+
+
+async def _relay(
+    gw: Gateway,
+    upstream: UpstreamRequest,
+    key: KeyRecord,
+    response: httpx.Response,
+    sanitize: Callable[[int, UpstreamError], GatewayError],
+) -> AsyncIterator[bytes]:
+    """Upstream SSE → client SSE. Ends with `[DONE]`, or with one error event if the upstream fails."""
+    candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
+    strip = gw.strip_fields
+    strip_bytes = tuple(f'"{f}"'.encode() for f in strip)
+    try:
+        async for item in wire.raise_stream(iter_events(response.aiter_bytes()), call):
+            if isinstance(item, UpstreamError):
+                yield frame(_encode(sanitize(500, item).payload()))
+                return
+            if isinstance(item, bytes):
+                if strip_bytes and any(s in item for s in strip_bytes):
+                    yield frame(_encode(_strip(gw, _decode(item))))
+                else:
+                    yield frame(item)
+            else:
+                yield frame(_encode(_strip(gw, item)))
+        yield _DONE
+    except (StreamBroken, httpx.TransportError) as exc:
+        log.warning("stream from %s broke: %s", candidate.provider.id, exc)
+        error = GatewayError(
+            502,
+            "The upstream stream ended unexpectedly; the answer is incomplete.",
+            type="api_error",
+            code="upstream_stream_interrupted",
+        )
+        yield frame(_encode(error.payload()))
+    finally:
+        await response.aclose()
+        gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)

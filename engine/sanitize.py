@@ -1,0 +1,61 @@
+"""Sanitize: turn an upstream error into the error the client may see.
+
+Order: the provider's `error_rules`, then the routes' `error_rules`; the first rule that holds decides
+status, type, code, param and message. Whatever text survives is redacted: the provider key (and any
+key-shaped token matching `routes.sanitize.redact_patterns`) and the upstream base URL never reach a
+client. Response headers are untouched by this step, so diagnostics stay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.catalog import CompiledErrorRule, Provider
+from engine.errors import GatewayError, default_type
+from engine.wires.base import UpstreamError
+
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class Sanitizer:
+    provider: Provider
+    rules: tuple[CompiledErrorRule, ...]
+    redact: re.Pattern[str]
+
+    @classmethod
+    def build(cls, provider: Provider, shared_rules: Sequence[CompiledErrorRule], patterns: Sequence[str]) -> Sanitizer:
+        literals = [provider.base_url, *([provider.api_key] if provider.api_key else [])]
+        alternatives = [re.escape(s) for s in literals] + [f"(?:{p})" for p in patterns]
+        return cls(provider, (*provider.error_rules, *shared_rules), re.compile("|".join(alternatives)))
+
+    def scrub(self, text: str) -> str:
+        return self.redact.sub(REDACTED, text)
+
+    def __call__(self, status: int, upstream: UpstreamError) -> GatewayError:
+        error = {"message": upstream.message, "type": upstream.type, "code": upstream.code, "param": upstream.param}
+        for compiled in self.rules:
+            if compiled.when.holds(status=status, error=error, provider=self.provider.id):
+                rule = compiled.rule
+                status = rule.status or status
+                return GatewayError(
+                    status,
+                    rule.message or self._message(upstream, status),
+                    type=rule.type or upstream.type or default_type(status),
+                    code=rule.code or upstream.code,
+                    param=rule.param or upstream.param,
+                )
+        return GatewayError(
+            status,
+            self._message(upstream, status),
+            type=upstream.type or default_type(status),
+            code=upstream.code,
+            param=upstream.param,
+        )
+
+    def _message(self, upstream: UpstreamError, status: int) -> str:
+        if upstream.message:
+            return self.scrub(upstream.message)
+        return f"The upstream provider answered HTTP {status} without an error message."

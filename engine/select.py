@@ -1,0 +1,27 @@
+"""Select wire: which codec carries this request, decided by the provider spec's `[[wire_rules]]`.
+
+Rules are read in order and the first that holds wins; with none, the provider's default wire is used.
+Rules see the client's request as sent (before mappings) and the model's catalog row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.catalog import Candidate
+from engine.wires import Wire
+
+
+@dataclass(frozen=True)
+class WireChoice:
+    wire: Wire
+    reason: str  # for `engine lower` and logs: which rule fired, or that the default applied
+
+
+def select_wire(candidate: Candidate, request: dict[str, Any], operation: str) -> WireChoice:
+    for index, rule in candidate.wire_rules:
+        if rule.when is None or rule.when.holds(request=request, model=candidate.view, operation=operation):
+            return WireChoice(rule.wire, f"wire_rules[{index}]: {rule.why}")
+    provider = candidate.provider
+    return WireChoice(provider.wire, f"provider.wire default of {provider.id}")

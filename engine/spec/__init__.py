@@ -1,0 +1,1 @@
+"""The spec format (pydantic models), its published JSON Schema, and the loader."""

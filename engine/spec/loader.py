@@ -1,0 +1,173 @@
+"""Load and check the spec directory: `routes.toml` and `providers/*.toml`.
+
+Checking happens in three passes, each reporting every problem with the file and the key it sits at:
+1. each file against its published JSON Schema (shape, types, unknown keys);
+2. expressions compile and read only the names their place offers;
+3. cross-file facts: unique provider ids, wires that exist.
+Nothing here looks at the environment: a spec is valid or not regardless of which keys are set.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+from pydantic import BaseModel, ValidationError
+
+from engine.rules import ExpressionError, compile_expression
+from engine.spec.models import KEYED_OPERATIONS, ProviderSpec, RoutesSpec
+from engine.spec.schema import schema_for
+from engine.wires import WIRES
+
+M = TypeVar("M", bound=BaseModel)
+REQUEST_NAMES = frozenset({"request", "model", "operation"})
+ERROR_NAMES = frozenset({"status", "error", "provider"})
+
+
+class SpecError(Exception):
+    """One or more problems in the spec directory; `str()` lists them, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ProviderFile:
+    path: Path
+    spec: ProviderSpec
+
+
+@dataclass(frozen=True)
+class Specs:
+    root: Path
+    routes: RoutesSpec
+    providers: tuple[ProviderFile, ...]
+
+
+def format_key(path: Iterable[Any]) -> str:
+    """`['models', 'openai/gpt-5', 'tools']` → `models."openai/gpt-5".tools` (TOML-ish, as a user reads it)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = str(part)
+            if not text.replace("_", "").replace("-", "").isalnum():
+                text = f'"{text}"'
+            out += f".{text}" if out else text
+    return out or "(top level)"
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: not valid TOML: {exc}")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
+    return None
+
+
+def _schema_problems(path: Path, data: dict[str, Any], model: type[BaseModel]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema_for(model))
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{path}: {format_key(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def _parse(path: Path, data: dict[str, Any], model: type[M], problems: list[str]) -> M | None:
+    found = _schema_problems(path, data, model)
+    if found:
+        problems.extend(found)
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:  # the schema should have caught it; report it the same way
+        problems.extend(f"{path}: {format_key(e['loc'])}: {e['msg']}" for e in exc.errors())
+        return None
+
+
+def _expressions(spec: ProviderSpec | RoutesSpec) -> Iterator[tuple[str, str, frozenset[str]]]:
+    """Every expression in a spec as (key, source, names it may read)."""
+    if isinstance(spec, ProviderSpec):
+        for i, mapping in enumerate(spec.mappings):
+            if mapping.when:
+                yield f"mappings[{i}].when", mapping.when, REQUEST_NAMES
+            for field, source in mapping.compute.items():
+                yield f"mappings[{i}].compute.{field}", source, REQUEST_NAMES
+        for i, rule in enumerate(spec.wire_rules):
+            yield f"wire_rules[{i}].when", rule.when, REQUEST_NAMES
+    for i, rule in enumerate(spec.error_rules):
+        yield f"error_rules[{i}].when", rule.when, ERROR_NAMES
+
+
+def _expression_problems(path: Path, spec: ProviderSpec | RoutesSpec) -> list[str]:
+    problems = []
+    for key, source, names in _expressions(spec):
+        try:
+            compile_expression(source, names)
+        except ExpressionError as exc:
+            problems.append(f"{path}: {key}: {exc}")
+    return problems
+
+
+def _wire_problems(path: Path, spec: ProviderSpec) -> list[str]:
+    named = [("provider.wire", spec.provider.wire)]
+    named += [(f"wire_rules[{i}].wire", rule.wire) for i, rule in enumerate(spec.wire_rules)]
+    known = ", ".join(sorted(WIRES))
+    return [f"{path}: {key}: unknown wire {wire!r}; known wires: {known}" for key, wire in named if wire not in WIRES]
+
+
+def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
+    problems = []
+    for i, pattern in enumerate(routes.sanitize.redact_patterns):
+        try:
+            re.compile(f"(?:{pattern})")
+        except re.error as exc:
+            problems.append(f"{path}: sanitize.redact_patterns[{i}]: not a usable regular expression: {exc}")
+    seen: set[tuple[str, str]] = set()
+    for i, route in enumerate(routes.routes):
+        if (route.method, route.path) in seen:
+            problems.append(f"{path}: routes[{i}]: {route.method} {route.path} is declared twice")
+        seen.add((route.method, route.path))
+        if route.operation in KEYED_OPERATIONS and route.auth != "gateway_key":
+            problems.append(f'{path}: routes[{i}].auth: operation {route.operation!r} needs auth = "gateway_key"')
+    return problems
+
+
+def load_specs(root: Path) -> Specs:
+    """Load and check everything under `root`; raise `SpecError` listing every problem found."""
+    problems: list[str] = []
+    routes_path = root / "routes.toml"
+    routes: RoutesSpec | None = None
+    data = _read_toml(routes_path, problems)
+    if data is not None:
+        routes = _parse(routes_path, data, RoutesSpec, problems)
+        if routes is not None:
+            problems += _expression_problems(routes_path, routes) + _route_problems(routes_path, routes)
+
+    providers: list[ProviderFile] = []
+    provider_paths = sorted((root / "providers").glob("*.toml"))
+    if not provider_paths:
+        problems.append(f"{root / 'providers'}: no provider specs (*.toml) found")
+    seen: dict[str, Path] = {}
+    for path in provider_paths:
+        data = _read_toml(path, problems)
+        spec = None if data is None else _parse(path, data, ProviderSpec, problems)
+        if spec is None:
+            continue
+        problems += _expression_problems(path, spec) + _wire_problems(path, spec)
+        if spec.provider.id in seen:
+            problems.append(f"{path}: provider.id: {spec.provider.id!r} is already used by {seen[spec.provider.id]}")
+        seen[spec.provider.id] = path
+        providers.append(ProviderFile(path, spec))
+
+    if problems or routes is None:
+        raise SpecError(problems)
+    return Specs(root, routes, tuple(providers))

@@ -1,0 +1,238 @@
+"""Pydantic models of the spec files.
+
+These models are the single source of truth for the spec format: the published JSON Schemas in
+`specs/schema/` are generated from them (`engine schema`), and a test keeps the two in step.
+Every model forbids unknown keys, so a typo in a TOML file is an error that names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Expression = Annotated[
+    str,
+    Field(
+        description="A sandboxed Jinja2 expression, compiled at load time. Names available depend on where it"
+        " is used: `request`, `model`, `operation` for wire rules and mappings; `status`, `error`,"
+        " `provider` for error rules.",
+        min_length=1,
+    ),
+]
+
+Operation = Literal[
+    "models.list",
+    "models.retrieve",
+    "chat.completions",
+    "responses",
+    "embeddings",
+    "images.generations",
+    "audio.speech",
+    "audio.transcriptions",
+    "videos.generations",
+    "opencode.wellknown",
+    "opencode.config",
+]
+OPERATIONS: tuple[str, ...] = get_args(Operation)
+# Everything but the OpenCode documents (which OpenCode fetches without a key) needs a gateway key.
+KEYED_OPERATIONS = frozenset(OPERATIONS) - {"opencode.wellknown", "opencode.config"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+class ErrorRule(Strict):
+    """Match an upstream error and replace what the client sees.
+
+    The client always gets OpenAI's four-key error body; a rule decides its status, type, code, param
+    and message. Unset fields keep the upstream's (already redacted) value.
+    """
+
+    name: str = Field(description="Short identifier, shown in logs and `engine lower`.")
+    when: Expression = Field(
+        description="Condition over `status` (int), `error` (message/type/code/param of the upstream"
+        " error, normalized) and `provider` (id)."
+    )
+    status: int | None = Field(default=None, ge=400, le=599, description="HTTP status for the client.")
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+    message: str | None = Field(
+        default=None, description="Replaces the upstream message entirely (the sanitized text)."
+    )
+
+
+# --------------------------------------------------------------------------- routes.toml
+
+
+class Gateway(Strict):
+    name: str = Field(description="Deployment name: `owned_by` fallback and the OpenCode provider id.")
+    key_prefix: str = Field(pattern=r"^[a-z][a-z0-9]*-$", description="Prefix of every gateway key.")
+    max_body_mb: int = Field(default=32, ge=1, description="Largest request body accepted, in MiB.")
+
+
+class DiagnosticHeaders(Strict):
+    public_model: str = Field(pattern=r"^[a-z0-9-]+$")
+    upstream_provider: str = Field(pattern=r"^[a-z0-9-]+$")
+    upstream_model: str = Field(pattern=r"^[a-z0-9-]+$")
+    overhead: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+$",
+        description="When set, responses carry the gateway's own time in ms (total minus upstream wait).",
+    )
+
+
+class Sanitize(Strict):
+    strip_fields: list[str] = Field(
+        default_factory=list,
+        description="Top-level body fields removed from client requests and from upstream answers.",
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions whose matches are replaced by `[redacted]` in upstream error"
+        " messages (provider key shapes, signed URLs). Provider keys and base URLs are always redacted.",
+    )
+    forward_headers: list[str] = Field(
+        default_factory=list,
+        description="Upstream response headers passed on to the client (lower-case; `x-ratelimit-*`"
+        " style prefixes allowed), e.g. `retry-after` on a 429.",
+    )
+
+
+class Route(Strict):
+    method: Literal["GET", "POST"]
+    path: str = Field(pattern=r"^/", description="Litestar path; `{model:path}` captures IDs with slashes.")
+    operation: Operation
+    auth: Literal["gateway_key", "none"] = "gateway_key"
+
+
+class RoutesSpec(Strict):
+    gateway: Gateway
+    headers: DiagnosticHeaders
+    sanitize: Sanitize = Sanitize()
+    error_rules: list[ErrorRule] = Field(
+        default_factory=list, description="Applied after each provider's own rules; first match wins."
+    )
+    routes: list[Route] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- providers/*.toml
+
+
+class ProviderInfo(Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    name: str
+    docs: str | None = Field(default=None, description="The provider's API reference this file follows.")
+    wire: str = Field(description="Default wire codec, by name (e.g. `openai_chat`).")
+    base_url: str = Field(pattern=r"^https?://")
+    base_url_env: str | None = Field(
+        default=None, pattern=r"^[A-Z][A-Z0-9_]*$", description="Env var that overrides `base_url`."
+    )
+    priority: int = Field(default=100, description="Lower is preferred when several providers serve one public model.")
+
+
+class Auth(Strict):
+    env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$", description="Env var holding the provider key.")
+    header: str = "Authorization"
+    scheme: str = Field(default="Bearer", description="Prefix before the key; empty for a bare key.")
+
+
+class Timeouts(Strict):
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=300.0, gt=0, description="Longest wait for the next bytes from upstream.")
+
+
+class Clamp(Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+FieldPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_-]*(\[\])?)*$")]
+PlainPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")]
+
+
+class Mapping(Strict):
+    """One block of field mappings.
+
+    Within a block the steps run in this order: rename, drop, default, set, clamp, replace, compute.
+    Keys are paths: dots descend into objects, `[]` applies to each element of a list
+    (`messages[].name`). Blocks run in file order, each seeing the result of the ones before.
+    """
+
+    stage: Literal["request", "wire"] = Field(
+        default="request",
+        description="`request`: the OpenAI-shaped request, before the wire codec. `wire`: the provider's"
+        " body, after the codec (e.g. to drop a field the codec adds).",
+    )
+    when: Expression | None = Field(default=None, description="Apply the block only when this holds.")
+    why: str | None = Field(default=None, description="Why the provider needs this; shown in reviews.")
+    rename: dict[PlainPath, PlainPath] = Field(
+        default_factory=dict, description="old → new; if `new` is already set, `old` is dropped."
+    )
+    drop: list[FieldPath] = Field(default_factory=list)
+    default: dict[FieldPath, Any] = Field(default_factory=dict, description="Set when absent.")
+    set: dict[FieldPath, Any] = Field(default_factory=dict, description="Always set, overriding the client.")
+    clamp: dict[FieldPath, Clamp] = Field(default_factory=dict, description="Bound numeric fields when present.")
+    replace: dict[FieldPath, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Replace string values by table, e.g. `{ "messages[].role" = { developer = "system" } }`.',
+    )
+    compute: dict[FieldPath, Expression] = Field(
+        default_factory=dict,
+        description="Field ← expression result; a null or undefined result removes the field.",
+    )
+
+
+class WireRule(Strict):
+    when: Expression
+    wire: str
+    why: str = Field(description="Printed by `engine lower` when the rule fires.")
+
+
+class Price(Strict):
+    input: float = Field(ge=0, description="USD per million input tokens.")
+    output: float = Field(ge=0, description="USD per million output tokens.")
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+Modality = Literal["text", "image", "audio", "video", "pdf"]
+
+
+class Modalities(Strict):
+    input: list[Modality] = Field(default_factory=lambda: ["text"])
+    output: list[Modality] = Field(default_factory=lambda: ["text"])
+
+
+class ModelRow(Strict):
+    upstream: str = Field(description="The model name the provider expects on its wire.")
+    name: str | None = Field(default=None, description="Human-readable name.")
+    tools: bool = False
+    reasoning: bool = Field(default=False, description="Accepts `reasoning_effort` and reasons.")
+    reasons_by_default: bool = Field(
+        default=False, description="Reasons even when the request carries no `reasoning_effort`."
+    )
+    streaming: bool = True
+    structured_output: bool = Field(default=True, description="Accepts `response_format` json_schema.")
+    modalities: Modalities = Modalities()
+    context: int | None = Field(default=None, gt=0, description="Context window in tokens.")
+    max_output: int | None = Field(default=None, gt=0, description="Most output tokens per request.")
+    price: Price | None = None
+    release_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+
+class ProviderSpec(Strict):
+    provider: ProviderInfo
+    auth: Auth
+    timeouts: Timeouts = Timeouts()
+    headers: dict[str, str] = Field(default_factory=dict, description="Static headers sent upstream.")
+    mappings: list[Mapping] = Field(default_factory=list)
+    wire_rules: list[WireRule] = Field(
+        default_factory=list, description="Ordered; the first rule that holds picks the wire."
+    )
+    error_rules: list[ErrorRule] = Field(default_factory=list)
+    models: dict[str, ModelRow] = Field(min_length=1, description="Public model ID → its row.")

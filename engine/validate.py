@@ -1,0 +1,252 @@
+"""Validate: a client request is checked against OpenAI's request schema before anything else happens.
+
+The models describe only what must hold for the request to make sense (types, required fields, ranges);
+unknown fields are allowed and pass through untouched, because the validated objects are thrown away:
+the engine forwards the client's own JSON, not a re-serialization of these models.
+A failure becomes a 400 whose `param` is the path into the request (`messages[2].tool_calls[0].id`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from engine.errors import GatewayError, invalid_request
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class TextPart(Loose):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(Loose):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(Loose):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class AudioPart(Loose):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(Loose):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(Loose):
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+
+class SystemMessage(Loose):
+    role: Literal["system"]
+    content: str | list[TextPart]
+
+
+class DeveloperMessage(Loose):
+    role: Literal["developer"]
+    content: str | list[TextPart]
+
+
+class UserMessage(Loose):
+    role: Literal["user"]
+    content: str | list[UserPart]
+
+
+class FunctionCall(Loose):
+    name: str
+    arguments: str
+
+
+class ToolCall(Loose):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(Loose):
+    role: Literal["assistant"]
+    content: str | list[AssistantPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessage(Loose):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(Loose):  # deprecated but still valid on OpenAI's wire
+    role: Literal["function"]
+    name: str
+    content: str | None
+
+
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+class FunctionDefinition(Loose):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(Loose):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class CustomTool(Loose):
+    type: Literal["custom"]
+    custom: dict[str, Any]
+
+
+Tool = Annotated[FunctionTool | CustomTool, Field(discriminator="type")]
+
+
+class NamedFunction(Loose):
+    name: str
+
+
+class NamedToolChoice(Loose):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(Loose):
+    include_usage: bool | None = None
+
+
+class JSONSchemaFormat(Loose):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(Loose):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(Loose):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJSONSchema(Loose):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
+
+
+class ChatCompletionRequest(Loose):
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+_CHAT = TypeAdapter(ChatCompletionRequest)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    if not raw.strip():
+        raise invalid_request("The request body is empty; send a JSON object.")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise invalid_request(
+            f"We could not parse the JSON body of your request ({exc}). "
+            "Send valid JSON with `Content-Type: application/json`."
+        ) from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.")
+    return body
+
+
+def validate_chat(body: dict[str, Any]) -> None:
+    _validate(_CHAT, body)
+
+
+def _validate(adapter: TypeAdapter[Any], body: dict[str, Any]) -> None:
+    try:
+        adapter.validate_python(body)
+    except ValidationError as exc:
+        raise _to_gateway_error(exc.errors(include_url=False), body) from None
+
+
+def _to_gateway_error(errors: list[Any], body: dict[str, Any]) -> GatewayError:
+    """The most specific problem (deepest in the JSON), phrased for the caller; where a union's
+    alternatives all fail at the same place, their reasons are listed together."""
+    first = max(errors, key=lambda e: len(e["loc"]))
+    param = _param(first["loc"], body)
+    if first["type"] == "missing":
+        return invalid_request(f"Missing required parameter: '{param}'.", param=param)
+    reasons: list[str] = []
+    for error in errors:
+        reason = error["msg"][0].lower() + error["msg"][1:]
+        if _param(error["loc"], body) == param and reason not in reasons:
+            reasons.append(reason)
+    return invalid_request(
+        f"Invalid value for '{param}': {'; or '.join(reasons)}.",
+        param=param,
+        code="invalid_type" if first["type"].endswith("_type") else "invalid_value",
+    )
+
+
+def _param(loc: tuple[Any, ...], body: Any) -> str:
+    """Pydantic's error location with union-member labels removed: the path a user sees in their JSON."""
+    path = ""
+    node = body
+    last = len(loc) - 1
+    for i, part in enumerate(loc):
+        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path += f"[{part}]"
+            node = node[part]
+            continue
+        if isinstance(node, dict) and isinstance(part, str):
+            key = "schema" if part == "schema_" else part
+            if key in node or i == last:  # present, or the missing field being reported
+                path += f".{key}" if path else key
+                node = node.get(key)
+                continue
+        # anything else is a union label such as 'user' or 'list[...]': not part of the user's JSON
+    return path

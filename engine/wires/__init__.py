@@ -1,0 +1,8 @@
+"""Wire codecs, selected by name from the specs (`provider.wire`, `wire_rules[].wire`)."""
+
+from __future__ import annotations
+
+from engine.wires.base import Wire
+from engine.wires.openai_chat import OpenAIChatWire
+
+WIRES: dict[str, Wire] = {wire.name: wire for wire in (OpenAIChatWire(),)}

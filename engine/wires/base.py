@@ -1,0 +1,142 @@
+"""What every wire codec provides, and the small types that cross the codec boundary.
+
+A wire codec translates between the gateway's canonical request/answer shape (OpenAI Chat Completions)
+and one upstream protocol. It never does I/O: `lower` builds a request body, `raise_json` and
+`raise_stream` translate answers, `error_of` reads an upstream error body. That keeps codecs pure and
+snapshot-testable, and leaves sending to `engine.transport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from engine.wires.sse import Event
+
+JSON = dict[str, Any]
+StreamItem = bytes | JSON  # a chunk: pre-encoded JSON when passed through untouched, else a dict
+
+
+@dataclass
+class Usage:
+    """Token counts of one answer, in OpenAI's terms (reasoning tokens are inside completion tokens)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def from_chat(cls, usage: Any) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        prompt = _int(usage.get("prompt_tokens"))
+        completion = _int(usage.get("completion_tokens"))
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
+            cached_tokens=_int(prompt_details.get("cached_tokens")),
+            reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """The wire-specific part of an upstream request: where under the base URL, and what body."""
+
+    path: str
+    body: JSON
+    query: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpstreamError:
+    """An upstream error body, normalized; still unsanitized."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+
+
+class StreamBroken(Exception):
+    """The upstream stream ended or failed before its terminal event."""
+
+
+@dataclass
+class Call:
+    """One request's trip through a wire: what the codec needs to know, and what it learns (usage)."""
+
+    public_model: str
+    upstream_model: str
+    stream: bool = False
+    include_usage: bool = False  # the client asked for the usage chunk
+    usage: Usage | None = None
+
+
+class Wire(Protocol):
+    name: str
+
+    def lower(self, body: JSON, call: Call) -> Lowered:
+        """Canonical (chat) request, already mapped by the provider's spec → this wire's request."""
+        ...
+
+    def raise_json(self, doc: JSON, call: Call) -> JSON:
+        """This wire's answer → a `chat.completion`; records `call.usage`."""
+        ...
+
+    def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
+        """This wire's SSE events → `chat.completion.chunk`s; raises `StreamBroken` on a cut stream."""
+        ...
+
+    def error_of(self, body: bytes) -> UpstreamError:
+        """An upstream error body (any status) → its normalized fields."""
+        ...
+
+
+def openai_error_of(body: bytes) -> UpstreamError:
+    """Read the error shapes OpenAI-compatible servers use: `{"error": {...}}`, `{"error": "..."}`,
+    `{"message": ...}` and FastAPI's `{"detail": ...}`. Unreadable bodies give an empty message."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return UpstreamError(message="")
+    return error_from_doc(doc)
+
+
+def error_from_doc(doc: Any) -> UpstreamError:
+    if isinstance(doc, list) and doc:
+        doc = doc[0]
+    if not isinstance(doc, dict):
+        return UpstreamError(message="")
+    err = doc.get("error", doc)
+    if isinstance(err, str):  # `{"error": "...", "code": ...}` (xAI and others)
+        return UpstreamError(message=err, code=_str(doc.get("code")), type=_str(doc.get("type")))
+    if not isinstance(err, dict):
+        return UpstreamError(message="")
+    message = err.get("message") or err.get("detail") or ""
+    if not isinstance(message, str):
+        message = msgspec.json.encode(message).decode()
+    return UpstreamError(
+        message=message,
+        type=_str(err.get("type")),
+        code=_str(err.get("code")),
+        param=_str(err.get("param")),
+    )
+
+
+def _str(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    return str(value)

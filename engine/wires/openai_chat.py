@@ -1,0 +1,71 @@
+"""The OpenAI Chat Completions wire (`POST {base}/chat/completions`), spoken by OpenAI and by every
+OpenAI-compatible provider. The canonical shape is this wire's own, so the codec is nearly identity:
+it names the upstream model, forces the usage chunk when streaming (metering needs it), and hides that
+chunk again from clients that did not ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from engine.wires.base import (
+    JSON,
+    Call,
+    Lowered,
+    StreamBroken,
+    StreamItem,
+    UpstreamError,
+    Usage,
+    error_from_doc,
+    openai_error_of,
+)
+from engine.wires.sse import Event
+
+_DONE = b"[DONE]"
+_decode = msgspec.json.decode
+
+
+class OpenAIChatWire:
+    name = "openai_chat"
+
+    def lower(self, body: JSON, call: Call) -> Lowered:
+        body["model"] = call.upstream_model
+        if call.stream:
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        return Lowered("/chat/completions", body)
+
+    def raise_json(self, doc: JSON, call: Call) -> JSON:
+        call.usage = Usage.from_chat(doc.get("usage"))
+        return doc
+
+    async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
+        async for event in events:
+            data = event.data
+            if data == _DONE:
+                return
+            try:
+                chunk = _decode(data)
+            except msgspec.DecodeError:
+                raise StreamBroken("upstream sent a chunk that is not JSON") from None
+            if not isinstance(chunk, dict):
+                raise StreamBroken("upstream sent a chunk that is not a JSON object")
+            if "error" in chunk and not chunk.get("choices"):
+                yield error_from_doc(chunk)
+                continue
+            usage = chunk.get("usage")
+            if usage:
+                call.usage = Usage.from_chat(usage)
+                if not call.include_usage:
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk we forced; the client did not ask for it
+                    chunk["usage"] = None
+                    yield chunk
+                    continue
+            yield data
+        raise StreamBroken("upstream stream ended without [DONE]")
+
+    def error_of(self, body: bytes) -> UpstreamError:
+        return openai_error_of(body)

@@ -1,0 +1,222 @@
+"""A local upstream that speaks OpenAI's Chat Completions wire, for tests and benchmarks.
+
+It answers like OpenAI does (JSON or SSE with `[DONE]`, the usage chunk only when asked, tool calls
+split over several chunks with `id` and `name` in the first) and records every request it receives.
+Tests steer it through a control API under `/_fake/`:
+
+- `POST /_fake/script` queues the next answer(s): `{"status", "json", "sse": [event data...],
+  "headers", "delay", "drop"}` (`drop` closes the connection without answering; `sse` items that are
+  objects are JSON-encoded, strings are sent as they are).
+- `GET /_fake/requests` lists what was received (method, path, headers, body); `DELETE` clears it.
+
+Run it alone with `python -m tests.fakes.openai_fake --port 9100`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+CREATED = 1760000000
+FIXED_REPLY = "Hello from the fake upstream."
+
+
+def _usage(prompt: int = 12, completion: int = 7, reasoning: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+def _wants_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The first function tool, when the model should call it: tools offered, last turn is the user's."""
+    tools = body.get("tools") or []
+    messages = body.get("messages") or []
+    if not tools or body.get("tool_choice") == "none" or not messages or messages[-1].get("role") != "user":
+        return None
+    return tools[0].get("function")
+
+
+def _reply_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or []
+    if messages and messages[-1].get("role") == "tool":
+        return f"The tool said: {messages[-1].get('content')}"
+    return FIXED_REPLY
+
+
+def completion(body: dict[str, Any]) -> dict[str, Any]:
+    tool = _wants_tool_call(body)
+    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    if tool:
+        message["tool_calls"] = [
+            {
+                "id": "call_fake_1",
+                "type": "function",
+                "function": {"name": tool["name"], "arguments": '{"city":"Oslo"}'},
+            }
+        ]
+    else:
+        message["content"] = _reply_text(body)
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": body.get("model"),
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls" if tool else "stop"}
+        ],
+        "usage": _usage(),
+    }
+
+
+def stream_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
+    model = body.get("model")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "usage": None,
+        }
+
+    tool = _wants_tool_call(body)
+    if tool:
+        chunks = [
+            chunk(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_fake_1",
+                            "type": "function",
+                            "function": {"name": tool["name"], "arguments": ""},
+                        }
+                    ],
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    else:
+        words = _reply_text(body).split(" ")
+        chunks = [chunk({"role": "assistant", "content": ""})]
+        chunks += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+        chunks.append(chunk({}, "stop"))
+    options = body.get("stream_options") or {}
+    if options.get("include_usage"):
+        chunks.append(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": CREATED,
+                "model": model,
+                "choices": [],
+                "usage": _usage(),
+            }
+        )
+    return chunks
+
+
+class Fake:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.script: deque[dict[str, Any]] = deque()
+        self.record = True
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw) if raw else {}
+        if self.record:
+            self.requests.append(
+                {"method": request.method, "path": request.path, "headers": dict(request.headers), "body": body}
+            )
+        if self.script:
+            return await self._scripted(request, self.script.popleft())
+        if body.get("stream"):
+            return await self._stream(request, [json.dumps(c) for c in stream_chunks(body)] + ["[DONE]"])
+        return web.json_response(completion(body))
+
+    async def _scripted(self, request: web.Request, step: dict[str, Any]) -> web.StreamResponse:
+        if step.get("delay"):
+            await asyncio.sleep(step["delay"])
+        if step.get("drop"):
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        headers = step.get("headers") or {}
+        if "sse" in step:
+            events = [e if isinstance(e, str) else json.dumps(e) for e in step["sse"]]
+            return await self._stream(request, events, headers, step.get("event_delay", 0))
+        return web.json_response(step.get("json", {}), status=step.get("status", 200), headers=headers)
+
+    async def _stream(
+        self, request: web.Request, events: list[str], headers: dict[str, str] | None = None, event_delay: float = 0
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", **(headers or {})})
+        await response.prepare(request)
+        for data in events:
+            if data.startswith(("event:", ":")):
+                await response.write(data.encode() + b"\n\n")  # a pre-framed named event or a comment
+            else:
+                await response.write(b"data: " + data.encode() + b"\n\n")
+            if event_delay:
+                await asyncio.sleep(event_delay)
+        await response.write_eof()
+        return response
+
+    async def add_script(self, request: web.Request) -> web.Response:
+        steps = await request.json()
+        self.script.extend(steps if isinstance(steps, list) else [steps])
+        return web.json_response({"queued": len(self.script)})
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    async def clear(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        self.script.clear()
+        return web.json_response({"cleared": True})
+
+
+def make_app(record: bool = True) -> web.Application:
+    fake = Fake()
+    fake.record = record
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_post("/_fake/script", fake.add_script)
+    app.router.add_get("/_fake/requests", fake.list_requests)
+    app.router.add_delete("/_fake/requests", fake.clear)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--no-record", action="store_true", help="keep no request log (benchmarks)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(record=not args.no_record), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
