@@ -1,0 +1,85 @@
+"""Shared fixtures: paths, the spec corpus, and snapshot storage under tests/snapshots/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.json import JSONSnapshotExtension
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+REQUESTS = Path(__file__).parent / "requests"
+
+
+class ReviewableJSON(JSONSnapshotExtension):
+    """One pretty JSON file per test case in tests/snapshots/<module>/, so a wire change is a readable diff."""
+
+    @classmethod
+    def dirname(cls, *, test_location: Any) -> str:
+        return str(Path(test_location.filepath).parent / "snapshots" / test_location.basename)
+
+
+@pytest.fixture
+def snapshot_json(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    return snapshot.use_extension(ReviewableJSON)
+
+
+def load_corpus() -> dict[str, dict[str, Any]]:
+    """The canonical client requests: tests/requests/*.json, by file stem."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(REQUESTS.glob("*.json"))}
+
+
+# ------------------------------------------------------------------ end-to-end: real processes on loopback
+
+PROVIDER_KEY = "sk-test-SECRETKEY-0123456789"
+
+
+@pytest.fixture(scope="session")
+def fake() -> Any:
+    from tests.servers import run_fake
+
+    with run_fake() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def gateway(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.servers import run_gateway
+
+    env = {
+        "OPENAI_API_KEY": PROVIDER_KEY,
+        "OPENAI_BASE_URL": fake.url,
+        "SLOWPOKE_API_KEY": "sk-slow-000000",
+        "SLOWPOKE_BASE_URL": fake.url,
+        "NOWHERE_API_KEY": "sk-nowhere-000000",
+    }
+    with run_gateway(tmp_path_factory.mktemp("gateway"), env) as running:
+        yield running
+
+
+@pytest.fixture
+def upstream(fake: Any) -> Any:
+    """The fake upstream, with its request log and script cleared for this test."""
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def client(gateway: Any) -> Any:
+    """The official OpenAI SDK, pointed at the gateway with a gateway key."""
+    import openai
+
+    return openai.OpenAI(base_url=gateway.url, api_key=gateway.key, max_retries=0, timeout=20)
+
+
+@pytest.fixture
+def http(gateway: Any) -> Any:
+    """Raw HTTP to the gateway, authenticated, for what the SDK hides (headers, raw bodies)."""
+    import httpx
+
+    with httpx.Client(base_url=gateway.root, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=20) as session:
+        yield session

@@ -1,0 +1,122 @@
+"""Real processes on loopback for end-to-end tests: the upstream fake and the gateway (`engine serve`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINE = str(Path(sys.executable).parent / "engine")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stdout.read().decode() if process.stdout else ""
+            raise RuntimeError(f"process exited with {process.returncode}:\n{out}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Fake:
+    url: str  # base URL as a provider spec wants it (…/v1)
+    control: httpx.Client
+
+    def script(self, *steps: dict) -> None:
+        self.control.post("/_fake/script", json=list(steps)).raise_for_status()
+
+    def requests(self) -> list[dict]:
+        return self.control.get("/_fake/requests").json()
+
+    def last_body(self) -> dict:
+        return self.requests()[-1]["body"]
+
+    def reset(self) -> None:
+        self.control.delete("/_fake/requests").raise_for_status()
+
+
+@contextlib.contextmanager
+def run_fake() -> Iterator[Fake]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_fake", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as control:
+            yield Fake(f"http://127.0.0.1:{port}/v1", control)
+    finally:
+        stop(process)
+
+
+@dataclass
+class Gateway:
+    url: str  # the public base URL, …/external/v1
+    root: str
+    key: str
+    env: dict[str, str]
+    log: Path
+
+    def engine(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ENGINE, *args], env=self.env, capture_output=True, text=True, timeout=60)
+
+
+@contextlib.contextmanager
+def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
+    """`engine serve` on a free port with the shipped specs plus the test-only providers."""
+    specs = tmp / "specs"
+    shutil.copytree(REPO / "specs", specs)
+    for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
+        shutil.copy(extra, specs / "providers" / extra.name)
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
+    env |= {"ENGINE_SPECS": str(specs), "ENGINE_DB": str(tmp / "engine.sqlite3"), **provider_env}
+    key = (
+        subprocess.run([ENGINE, "keys", "create", "--name", "e2e"], env=env, capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    port = free_port()
+    log = tmp / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [ENGINE, "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_port(port, process)
+        yield Gateway(f"http://127.0.0.1:{port}/external/v1", f"http://127.0.0.1:{port}", key, env, log)
+    finally:
+        stop(process)
