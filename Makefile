@@ -1,0 +1,31 @@
+# Two entry points for a newcomer: `make serve` and `make test`. Both build .venv/ from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: install serve test check bench
+install: $(STAMP)
+
+## serve: install, then start the gateway on 127.0.0.1:8080 with specs/ and the embedded SQLite database
+serve: $(STAMP)
+	$(VENV)/bin/engine serve --host 127.0.0.1 --port 8080
+
+## test: install, then lint, check the specs and run the whole test suite
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/engine check
+	$(VENV)/bin/pytest
+
+check: $(STAMP)
+	$(VENV)/bin/engine check
+
+## bench: added latency and throughput against a local upstream fake (see bench/README.md)
+bench: $(STAMP)
+	$(VENV)/bin/python bench/run.py
