@@ -126,6 +126,10 @@ class Catalog:
         env = os.environ if env is None else env
         return cls([Provider.bind(f.spec, env) for f in specs.providers])
 
+    def public_ids(self) -> list[str]:
+        """Every public model ID some spec serves, live or not."""
+        return list(self._all)
+
     def live_models(self) -> dict[str, list[Candidate]]:
         return self._live
 

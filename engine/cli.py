@@ -79,48 +79,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_lower(args: argparse.Namespace) -> int:
-    from engine.catalog import Catalog, check_capabilities
-    from engine.lower import lower_request
-    from engine.select import select_wire
+    from engine.catalog import Catalog
+    from engine.operations import PROXIED
     from engine.spec.loader import SpecError, load_specs
-    from engine.validate import parse_json_object, validate_chat
+    from engine.validate import parse_json_object
 
     try:
         specs = load_specs(_specs_dir(args))
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 1
+    operation = PROXIED[args.operation]
     raw = Path(args.file).read_bytes() if args.file and args.file != "-" else sys.stdin.buffer.read()
     try:
         body = parse_json_object(raw)
         if args.model:
             body["model"] = args.model
-        validate_chat(body)
-        catalog = Catalog.from_specs(specs)
-        candidates = catalog.all_candidates(body["model"])
+        operation.validate(body)
+        candidates = Catalog.from_specs(specs).all_candidates(body["model"])
         if args.provider:
             candidates = [c for c in candidates if c.provider.id == args.provider]
         if not candidates:
-            print(
-                f"engine lower: no provider spec serves {body['model']!r}"
-                + (f" via {args.provider!r}" if args.provider else ""),
-                file=sys.stderr,
-            )
+            via = f" via {args.provider!r}" if args.provider else ""
+            print(f"engine lower: no provider spec serves {body['model']!r}{via}", file=sys.stderr)
             return 1
-        candidate = candidates[0]
-        check_capabilities(body, candidate)
-        choice = select_wire(candidate, body, "chat.completions")
-        upstream = lower_request(
-            candidate, body, choice, "chat.completions", frozenset(specs.routes.sanitize.strip_fields)
-        )
+        upstream, _ = operation.prepare(body, candidates[0], frozenset(specs.routes.sanitize.strip_fields))
     except GatewayError as exc:
         print(f"engine lower: the gateway would answer {exc.status}:", file=sys.stderr)
         print(json.dumps(exc.payload(), indent=2), file=sys.stderr)
         return 1
     shown: dict[str, Any] = {
-        "provider": candidate.provider.id,
-        "wire": choice.wire.name,
-        "why": choice.reason,
+        "provider": upstream.candidate.provider.id,
+        "wire": upstream.choice.wire.name,
+        "why": upstream.choice.reason,
         "method": upstream.method,
         "url": upstream.url,
         "headers": upstream.redacted_headers(),
@@ -205,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("file", nargs="?", help="client request JSON (default: stdin)")
     lower.add_argument("--model", help="public model ID (default: the request's `model`)")
     lower.add_argument("--provider", help="use this provider's spec even if another is preferred")
+    lower.add_argument(
+        "--operation",
+        choices=["chat.completions", "responses"],
+        default="chat.completions",
+        help="the endpoint the request was sent to (default: chat.completions)",
+    )
     lower.set_defaults(func=cmd_lower)
 
     keys = with_specs(sub.add_parser("keys", help="manage gateway keys"))

@@ -41,7 +41,9 @@ def lower_request(
     """`request` is not modified; the body is a copy that mappings and the codec may reshape freely."""
     body = {k: v for k, v in request.items() if k not in strip_fields}
     names = {"request": body, "model": candidate.view, "operation": operation}
-    apply_stage(candidate.mappings, "request", body, names)
+    codec = choice.wire
+    if codec.accepts == "chat":  # request-stage mappings are written against the chat shape
+        apply_stage(candidate.mappings, "request", body, names)
 
     stream = request.get("stream") is True
     options = request.get("stream_options")
@@ -51,7 +53,7 @@ def lower_request(
         stream=stream,
         include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
     )
-    lowered = choice.wire.lower(body, call)
+    lowered = codec.lower(body, call)
     apply_stage(candidate.mappings, "wire", lowered.body, {**names, "request": lowered.body})
 
     provider = candidate.provider

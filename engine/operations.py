@@ -4,6 +4,7 @@ validate → resolve model → select wire → lower → proxy. Operations witho
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,11 +14,14 @@ from litestar import Request, Response
 from engine.catalog import Candidate, check_capabilities
 from engine.errors import invalid_request, model_not_found, not_implemented
 from engine.gateway import Gateway
-from engine.lower import lower_request
+from engine.lower import UpstreamRequest, lower_request
 from engine.proxy import Timer, proxy
 from engine.select import select_wire
+from engine.shapes.base import Renderer
+from engine.shapes.chat import CHAT
+from engine.shapes.responses import FromChatRenderer, NativeRenderer, capability_view, to_chat
 from engine.store import KeyRecord
-from engine.validate import parse_json_object, validate_chat
+from engine.validate import parse_json_object, validate_chat, validate_responses
 
 Operation = Callable[[Gateway, Request[Any, Any, Any], KeyRecord | None, Timer], Awaitable[Response[Any]]]
 
@@ -74,17 +78,51 @@ async def models_retrieve(
     return _json(model_object(candidates[0]))
 
 
-async def chat_completions(
-    gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
-) -> Response[Any]:
-    assert key is not None  # routes.toml puts proxied operations behind gateway keys (engine check)
-    body = parse_json_object(await request.body())
-    validate_chat(body)
-    candidate = gw.catalog.resolve(body["model"])
+def prepare_chat(body: dict[str, Any], candidate: Candidate, strip: frozenset[str]) -> tuple[UpstreamRequest, Renderer]:
     check_capabilities(body, candidate)
     choice = select_wire(candidate, body, "chat.completions")
-    upstream = lower_request(candidate, body, choice, "chat.completions", gw.strip_fields)
-    return await proxy(gw, upstream, key, timer)
+    return lower_request(candidate, body, choice, "chat.completions", strip), CHAT
+
+
+def prepare_responses(
+    body: dict[str, Any], candidate: Candidate, strip: frozenset[str]
+) -> tuple[UpstreamRequest, Renderer]:
+    """`/responses` for every model: passed through to providers that speak it, bridged over chat elsewhere."""
+    choice = select_wire(candidate, body, "responses")
+    if choice.wire.accepts == "responses":
+        check_capabilities(capability_view(body), candidate)
+        return lower_request(candidate, body, choice, "responses", strip), NativeRenderer()
+    chat = to_chat(body)
+    check_capabilities(chat, candidate)
+    return lower_request(candidate, chat, choice, "responses", strip), FromChatRenderer(body, candidate.public_id)
+
+
+@dataclass(frozen=True)
+class Proxied:
+    """An operation that sends the request upstream: how to validate it, and how to lower it for a candidate."""
+
+    validate: Callable[[dict[str, Any]], None]
+    prepare: Callable[[dict[str, Any], Candidate, frozenset[str]], tuple[UpstreamRequest, Renderer]]
+
+
+PROXIED: dict[str, Proxied] = {
+    "chat.completions": Proxied(validate_chat, prepare_chat),
+    "responses": Proxied(validate_responses, prepare_responses),
+}
+
+
+def proxied(spec: Proxied) -> Operation:
+    async def operation(
+        gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
+    ) -> Response[Any]:
+        assert key is not None  # engine check keeps proxied operations behind gateway keys
+        body = parse_json_object(await request.body())
+        spec.validate(body)
+        candidate = gw.catalog.resolve(body["model"])
+        upstream, renderer = spec.prepare(body, candidate, gw.strip_fields)
+        return await proxy(gw, upstream, key, timer, renderer)
+
+    return operation
 
 
 def unimplemented(name: str) -> Operation:
@@ -99,7 +137,7 @@ def unimplemented(name: str) -> Operation:
 IMPLEMENTED: dict[str, Operation] = {
     "models.list": models_list,
     "models.retrieve": models_retrieve,
-    "chat.completions": chat_completions,
+    **{name: proxied(spec) for name, spec in PROXIED.items()},
 }
 
 

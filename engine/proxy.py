@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +22,14 @@ from litestar.response import Stream
 from engine.errors import GatewayError
 from engine.gateway import Gateway
 from engine.lower import UpstreamRequest
+from engine.shapes.base import Renderer, Sanitize
 from engine.store import KeyRecord
-from engine.wires.base import StreamBroken, UpstreamError
-from engine.wires.sse import frame, iter_events
+from engine.wires.base import StreamBroken, StreamItem, UpstreamError
+from engine.wires.sse import iter_events
 
 log = logging.getLogger("engine.proxy")
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
-_DONE = frame(b"[DONE]")
 
 
 def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest) -> dict[str, str]:
@@ -93,17 +93,19 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
         ) from None
 
 
-async def proxy(gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer) -> Response[Any]:
+async def proxy(
+    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer, renderer: Renderer
+) -> Response[Any]:
     headers = diagnostic_headers(gw, upstream)
     try:
-        return await _proxy(gw, upstream, key, timer, headers)
+        return await _proxy(gw, upstream, key, timer, renderer, headers)
     except GatewayError as error:
         error.headers.update(headers)
         raise
 
 
 async def _proxy(
-    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer, headers: dict[str, str]
+    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer, renderer: Renderer, headers: dict[str, str]
 ) -> Response[Any]:
     candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
     sanitize = gw.sanitizers[candidate.provider.id]
@@ -122,7 +124,7 @@ async def _proxy(
 
     if call.stream:
         timer.upstream += time.perf_counter() - began
-        relay = _relay(gw, upstream, key, response, sanitize)
+        relay = _relay(gw, upstream, key, response, renderer, sanitize)
         return Stream(relay, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     try:
@@ -138,7 +140,7 @@ async def _proxy(
             type="api_error",
             code="upstream_invalid_response",
         ) from None
-    answer = _strip(gw, wire.raise_json(doc, call))
+    answer = _strip(gw, renderer.json(wire.raise_json(doc, call), call))
     gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
     overhead = gw.specs.routes.headers.overhead
     if overhead:
@@ -168,30 +170,33 @@ async def _read(response: httpx.Response) -> bytes:
         await response.aclose()
 
 
+async def _stripped(
+    gw: Gateway, items: AsyncIterator[StreamItem | UpstreamError]
+) -> AsyncIterator[StreamItem | UpstreamError]:
+    """Remove the fields routes.toml strips from every chunk; untouched chunks keep their bytes."""
+    markers = tuple(f'"{f}"'.encode() for f in gw.strip_fields)
+    async for item in items:
+        if isinstance(item, bytes) and any(m in item for m in markers):
+            item = _strip(gw, _decode(item))
+        elif isinstance(item, dict):
+            item = _strip(gw, item)
+        yield item
+
+
 async def _relay(
     gw: Gateway,
     upstream: UpstreamRequest,
     key: KeyRecord,
     response: httpx.Response,
-    sanitize: Callable[[int, UpstreamError], GatewayError],
+    renderer: Renderer,
+    sanitize: Sanitize,
 ) -> AsyncIterator[bytes]:
-    """Upstream SSE → client SSE. Ends with `[DONE]`, or with one error event if the upstream fails."""
+    """Upstream SSE → client SSE, in the client's shape. A cut or failed upstream ends with one error event."""
     candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
-    strip = gw.strip_fields
-    strip_bytes = tuple(f'"{f}"'.encode() for f in strip)
     try:
-        async for item in wire.raise_stream(iter_events(response.aiter_bytes()), call):
-            if isinstance(item, UpstreamError):
-                yield frame(_encode(sanitize(500, item).payload()))
-                return
-            if isinstance(item, bytes):
-                if strip_bytes and any(s in item for s in strip_bytes):
-                    yield frame(_encode(_strip(gw, _decode(item))))
-                else:
-                    yield frame(item)
-            else:
-                yield frame(_encode(_strip(gw, item)))
-        yield _DONE
+        items = _stripped(gw, wire.raise_stream(iter_events(response.aiter_bytes()), call))
+        async for frame_bytes in renderer.frames(items, call, sanitize):
+            yield frame_bytes
     except (StreamBroken, httpx.TransportError) as exc:
         log.warning("stream from %s broke: %s", candidate.provider.id, exc)
         error = GatewayError(
@@ -200,7 +205,7 @@ async def _relay(
             type="api_error",
             code="upstream_stream_interrupted",
         )
-        yield frame(_encode(error.payload()))
+        yield renderer.broken(error)
     finally:
         await response.aclose()
         gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)

@@ -11,17 +11,22 @@ from typing import Any
 
 from engine.catalog import Candidate
 from engine.wires import Wire
+from engine.wires.base import codec_for
+
+# The API shape each operation's clients speak.
+CLIENT_SHAPES = {"chat.completions": "chat", "responses": "responses"}
 
 
 @dataclass(frozen=True)
 class WireChoice:
-    wire: Wire
+    wire: Wire  # the codec: the selected wire, or its native passthrough when the client speaks it already
     reason: str  # for `engine lower` and logs: which rule fired, or that the default applied
 
 
 def select_wire(candidate: Candidate, request: dict[str, Any], operation: str) -> WireChoice:
+    shape = CLIENT_SHAPES[operation]
     for index, rule in candidate.wire_rules:
         if rule.when is None or rule.when.holds(request=request, model=candidate.view, operation=operation):
-            return WireChoice(rule.wire, f"wire_rules[{index}]: {rule.why}")
+            return WireChoice(codec_for(rule.wire, shape), f"wire_rules[{index}]: {rule.why}")
     provider = candidate.provider
-    return WireChoice(provider.wire, f"provider.wire default of {provider.id}")
+    return WireChoice(codec_for(provider.wire, shape), f"provider.wire default of {provider.id}")

@@ -183,7 +183,31 @@ class ChatCompletionRequest(Loose):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
+class ResponsesTool(Loose):
+    type: str
+
+
+class ResponsesReasoning(Loose):
+    effort: str | None = None
+
+
+class ResponsesRequest(Loose):
+    """What `/responses` requires; input items are checked where they are converted or by the provider."""
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    stream: bool | None = None
+    tools: list[ResponsesTool] | None = None
+    reasoning: ResponsesReasoning | None = None
+    max_output_tokens: int | None = Field(default=None, ge=16)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    store: bool | None = None
+
+
 _CHAT = TypeAdapter(ChatCompletionRequest)
+_RESPONSES = TypeAdapter(ResponsesRequest)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -204,6 +228,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 def validate_chat(body: dict[str, Any]) -> None:
     _validate(_CHAT, body)
+
+
+def validate_responses(body: dict[str, Any]) -> None:
+    _validate(_RESPONSES, body)
+    if body.get("input") is None and not body.get("previous_response_id") and not body.get("conversation"):
+        raise invalid_request("Missing required parameter: 'input'.", param="input")
 
 
 def _validate(adapter: TypeAdapter[Any], body: dict[str, Any]) -> None:

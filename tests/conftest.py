@@ -28,9 +28,9 @@ def snapshot_json(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     return snapshot.use_extension(ReviewableJSON)
 
 
-def load_corpus() -> dict[str, dict[str, Any]]:
-    """The canonical client requests: tests/requests/*.json, by file stem."""
-    return {path.stem: json.loads(path.read_text()) for path in sorted(REQUESTS.glob("*.json"))}
+def load_corpus(directory: Path) -> dict[str, dict[str, Any]]:
+    """Canonical client requests or recorded answers: the JSON files of a directory, by file stem."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))}
 
 
 # ------------------------------------------------------------------ end-to-end: real processes on loopback
@@ -56,6 +56,8 @@ def gateway(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         "SLOWPOKE_API_KEY": "sk-slow-000000",
         "SLOWPOKE_BASE_URL": fake.url,
         "NOWHERE_API_KEY": "sk-nowhere-000000",
+        "GROQ_API_KEY": "gsk-test-000000000000",
+        "GROQ_BASE_URL": fake.url,
     }
     with run_gateway(tmp_path_factory.mktemp("gateway"), env) as running:
         yield running

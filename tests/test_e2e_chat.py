@@ -27,12 +27,8 @@ WEATHER_TOOL = {
 
 def test_models_lists_only_models_whose_provider_has_a_key(client: openai.OpenAI) -> None:
     ids = {model.id for model in client.models.list()}
-    assert "openai/gpt-4.1" in ids and "openai/gpt-5.5" in ids
-    assert "test/slow" in ids
-    assert not any(
-        i.startswith(("groq", "meta-llama", "deepseek/", "x-ai/", "mistralai/"))
-        for i in ids - {i for i in ids if i.startswith("openai/")}
-    )
+    assert {"openai/gpt-4.1", "openai/gpt-5.5", "meta-llama/llama-3.3-70b", "test/slow"} <= ids  # keys set
+    assert not any(i.startswith(("deepseek/", "x-ai/", "mistralai/", "moonshotai/")) for i in ids)  # keys unset
 
 
 def test_a_model_id_with_a_slash_can_be_retrieved(client: openai.OpenAI) -> None:

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from engine.wires.base import Wire
 from engine.wires.openai_chat import OpenAIChatWire
+from engine.wires.openai_responses import OpenAIResponsesWire
 
-WIRES: dict[str, Wire] = {wire.name: wire for wire in (OpenAIChatWire(),)}
+WIRES: dict[str, Wire] = {wire.name: wire for wire in (OpenAIChatWire(), OpenAIResponsesWire())}

@@ -87,6 +87,8 @@ class Call:
 
 class Wire(Protocol):
     name: str
+    shape: str  # the API shape spoken upstream: "chat" or "responses"
+    accepts: str  # the shape `lower` takes: "chat" (canonical), or the client's own for a passthrough
 
     def lower(self, body: JSON, call: Call) -> Lowered:
         """Canonical (chat) request, already mapped by the provider's spec → this wire's request."""
@@ -103,6 +105,15 @@ class Wire(Protocol):
     def error_of(self, body: bytes) -> UpstreamError:
         """An upstream error body (any status) → its normalized fields."""
         ...
+
+
+def codec_for(wire: Wire, client_shape: str) -> Wire:
+    """The codec that serves `client_shape` over `wire`: the wire's native passthrough when the client
+    already speaks what the wire speaks, else the wire itself (which takes the canonical chat shape)."""
+    native: Wire | None = getattr(wire, "native", None)
+    if native is not None and wire.shape == client_shape:
+        return native
+    return wire
 
 
 def openai_error_of(body: bytes) -> UpstreamError:

@@ -29,6 +29,8 @@ _decode = msgspec.json.decode
 
 class OpenAIChatWire:
     name = "openai_chat"
+    shape = "chat"  # what it speaks upstream
+    accepts = "chat"  # what `lower` takes
 
     def lower(self, body: JSON, call: Call) -> Lowered:
         body["model"] = call.upstream_model

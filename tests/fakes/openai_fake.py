@@ -1,7 +1,10 @@
-"""A local upstream that speaks OpenAI's Chat Completions wire, for tests and benchmarks.
+"""A local upstream that speaks OpenAI's Chat Completions and Responses wires, for tests and benchmarks.
 
-It answers like OpenAI does (JSON or SSE with `[DONE]`, the usage chunk only when asked, tool calls
-split over several chunks with `id` and `name` in the first) and records every request it receives.
+It answers like OpenAI does (chat: JSON or SSE with `[DONE]`, the usage chunk only when asked, tool
+calls split over several chunks with `id` and `name` in the first; responses: output items and named
+events ending in `response.completed`) and records every request it receives. It also refuses what
+OpenAI refuses where the gateway must route around it: function tools with reasoning on gpt-5.x chat,
+`fc_` item ids replayed without their reasoning item, and tool outputs with no matching call.
 Tests steer it through a control API under `/_fake/`:
 
 - `POST /_fake/script` queues the next answer(s): `{"status", "json", "sse": [event data...],
@@ -131,6 +134,224 @@ def stream_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
+def chat_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 for function tools with reasoning on /chat/completions (gpt-5.x; 5.5+ reason by default)."""
+    model = str(body.get("model", ""))
+    effort = body.get("reasoning_effort")
+    reasons = effort not in (None, "none") or (effort is None and model.startswith(("gpt-5.5", "gpt-5.6")))
+    if model.startswith("gpt-5") and body.get("tools") and reasons:
+        return {
+            "error": {
+                "message": f"Function tools with reasoning_effort are not supported for {model} in "
+                "/v1/chat/completions. Please use /v1/responses instead.",
+                "type": "invalid_request_error",
+                "param": "reasoning_effort",
+                "code": None,
+            }
+        }
+    return None
+
+
+def responses_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    items = body.get("input") if isinstance(body.get("input"), list) else []
+    calls: set[str] = set()
+    previous: dict[str, Any] | None = None
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            if str(item.get("id", "")).startswith("fc_") and (previous or {}).get("type") != "reasoning":
+                return _invalid(
+                    f"Item '{item['id']}' of type 'function_call' was provided without its required 'reasoning' item.",
+                    "input",
+                )
+            calls.add(item.get("call_id"))
+        if kind == "function_call_output" and item.get("call_id") not in calls:
+            return _invalid(f"No tool call found for function call output with call_id {item.get('call_id')}.", "input")
+        previous = item
+    for tool in body.get("tools") or []:
+        if tool.get("type") == "function" and "strict" not in tool:
+            return _invalid(
+                f"Invalid schema for function '{tool.get('name')}': strict mode requires every property in 'required'.",
+                "tools",
+                "invalid_function_parameters",
+            )
+    limit = body.get("max_output_tokens")
+    if isinstance(limit, int) and limit < 16:
+        return _invalid("Invalid 'max_output_tokens': integer below minimum value.", "max_output_tokens")
+    return None
+
+
+def _invalid(message: str, param: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
+
+
+def _responses_usage(reasoning: int) -> dict[str, Any]:
+    return {
+        "input_tokens": 30,
+        "input_tokens_details": {"cached_tokens": 10},
+        "output_tokens": 20 + reasoning,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": 50 + reasoning,
+    }
+
+
+def response_output(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Reasoning (when asked), then a call of the first tool after a user turn, else text."""
+    items = body.get("input") if isinstance(body.get("input"), list) else [{"role": "user"}]
+    last = items[-1] if items else {}
+    output: list[dict[str, Any]] = []
+    if (body.get("reasoning") or {}).get("effort") not in (None, "none"):
+        output.append(
+            {
+                "id": "rs_fake",
+                "type": "reasoning",
+                "encrypted_content": "gAAAA-fake",
+                "summary": [{"type": "summary_text", "text": "Thinking it over."}],
+            }
+        )
+    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
+        output.append(
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Let me check.", "annotations": []}],
+            }
+        )
+        output.append(
+            {
+                "id": "fc_fake",
+                "type": "function_call",
+                "call_id": "call_fake_1",
+                "status": "completed",
+                "name": tools[0]["name"],
+                "arguments": '{"city":"Oslo"}',
+            }
+        )
+    else:
+        text = f"The tool said: {last.get('output')}" if last.get("type") == "function_call_output" else FIXED_REPLY
+        output.append(
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
+    return output
+
+
+def response_object(body: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    output = response_output(body)
+    reasoning = 64 if any(i["type"] == "reasoning" for i in output) else 0
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": CREATED,
+        "status": status,
+        "error": None,
+        "incomplete_details": None,
+        "model": body.get("model"),
+        "output": output,
+        "usage": _responses_usage(reasoning),
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+    }
+
+
+def response_events(body: dict[str, Any]) -> list[str]:
+    """The named events OpenAI streams for `response_object(body)`, text and arguments in pieces."""
+    done = response_object(body)
+    events: list[dict[str, Any]] = []
+    start = {**done, "status": "in_progress", "output": [], "usage": None}
+    events += [{"type": "response.created", "response": start}, {"type": "response.in_progress", "response": start}]
+    for index, item in enumerate(done["output"]):
+        if item["type"] == "reasoning":
+            events.append(
+                {"type": "response.output_item.added", "output_index": index, "item": {**item, "summary": []}}
+            )
+            text = item["summary"][0]["text"]
+            for piece in (text[:8], text[8:]):
+                events.append(
+                    {
+                        "type": "response.reasoning_summary_text.delta",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "summary_index": 0,
+                        "delta": piece,
+                    }
+                )
+        elif item["type"] == "message":
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {**item, "status": "in_progress", "content": []},
+                }
+            )
+            events.append(
+                {
+                    "type": "response.content_part.added",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                }
+            )
+            text = item["content"][0]["text"]
+            for i, word in enumerate(text.split(" ")):
+                events.append(
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "content_index": 0,
+                        "delta": word if i == 0 else " " + word,
+                    }
+                )
+            events.append(
+                {
+                    "type": "response.output_text.done",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "content_index": 0,
+                    "text": text,
+                }
+            )
+        else:
+            events.append(
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {**item, "arguments": "", "status": "in_progress"},
+                }
+            )
+            for piece in ('{"city":', '"Oslo"}'):
+                events.append(
+                    {
+                        "type": "response.function_call_arguments.delta",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "delta": piece,
+                    }
+                )
+            events.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "arguments": item["arguments"],
+                }
+            )
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": done})
+    return [f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': n})}" for n, e in enumerate(events)]
+
+
 class Fake:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -146,6 +367,16 @@ class Fake:
             )
         if self.script:
             return await self._scripted(request, self.script.popleft())
+        if request.path.endswith("/responses"):
+            refusal = responses_refusal(body)
+            if refusal:
+                return web.json_response(refusal, status=400)
+            if body.get("stream"):
+                return await self._stream(request, response_events(body))
+            return web.json_response(response_object(body))
+        refusal = chat_refusal(body)
+        if refusal:
+            return web.json_response(refusal, status=400)
         if body.get("stream"):
             return await self._stream(request, [json.dumps(c) for c in stream_chunks(body)] + ["[DONE]"])
         return web.json_response(completion(body))
@@ -197,6 +428,7 @@ def make_app(record: bool = True) -> web.Application:
     fake.record = record
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_post("/v1/responses", fake.chat)
     app.router.add_post("/_fake/script", fake.add_script)
     app.router.add_get("/_fake/requests", fake.list_requests)
     app.router.add_delete("/_fake/requests", fake.clear)

@@ -1,0 +1,580 @@
+"""The Responses client shape (`POST /responses`), for every model in the catalog.
+
+To a provider that speaks Responses the request passes through (`NativeRenderer` only frames the
+upstream's own events). To a chat-only provider, `to_chat` lowers the Responses request to the
+canonical Chat Completions shape, and `FromChatRenderer` raises the chat answer back: output items,
+`output_text`, usage, and the named SSE events Responses clients consume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from engine.errors import GatewayError
+from engine.shapes.base import Sanitize
+from engine.wires.base import JSON, Call, StreamItem, UpstreamError, Usage
+from engine.wires.sse import frame
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+# Responses-only features a chat wire cannot carry: refused with a message, never silently lost.
+_STATEFUL = {
+    "previous_response_id": "stored conversation state",
+    "conversation": "stored conversations",
+    "background": "background responses",
+    "prompt": "stored prompt templates",
+}
+_CHAT_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "metadata",
+    "safety_identifier",
+    "prompt_cache_key",
+    "service_tier",
+    "top_logprobs",
+)
+
+
+# ------------------------------------------------------------------------------ request: responses → chat
+
+
+def _refuse(param: str, message: str) -> GatewayError:
+    return GatewayError(400, message, param=param, code="unsupported_parameter")
+
+
+def _chat_part(part: Any, param: str) -> JSON:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": part.get("text", "")}
+    if kind == "input_image":
+        if not part.get("image_url"):
+            raise _refuse(
+                param,
+                "Only `input_image` parts with an `image_url` (URL or data URL) can be sent to this "
+                "model; `file_id` images need a provider that stores files.",
+            )
+        return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail", "auto")}}
+    if kind == "input_file":
+        return {"type": "file", "file": {k: part[k] for k in ("file_id", "file_data", "filename") if k in part}}
+    raise _refuse(param, f"Content parts of type `{kind}` cannot be sent to this model.")
+
+
+def _chat_content(content: Any, param: str) -> Any:
+    if isinstance(content, str):
+        return content
+    parts = [_chat_part(p, f"{param}[{i}]") for i, p in enumerate(content or [])]
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _output_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return "".join(p.get("text", "") for p in output if isinstance(p, dict))
+    return msgspec.json.encode(output).decode()
+
+
+def input_to_messages(body: JSON) -> list[JSON]:
+    messages: list[JSON] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    items = body.get("input")
+    if isinstance(items, str):
+        return [*messages, {"role": "user", "content": items}]
+    for i, item in enumerate(items or []):
+        param = f"input[{i}]"
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise _refuse(f"{param}.role", f"Unknown message role `{role}`.")
+            content = _chat_content(item.get("content"), f"{param}.content")
+            messages.append({"role": role, "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and not isinstance(last.get("content"), list):
+                last.setdefault("tool_calls", []).append(call)  # parallel calls share one assistant turn
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append(
+                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output"))}
+            )
+        elif kind == "reasoning":
+            continue  # encrypted reasoning belongs to the provider that made it; chat wires cannot replay it
+        else:
+            raise _refuse(param, f"Input items of type `{kind}` cannot be sent to this model.")
+    return messages
+
+
+def _chat_tool(tool: Any, index: int) -> JSON:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else tool
+        raise _refuse(
+            f"tools[{index}]", f"The hosted tool `{kind}` is not available for this model; only function tools are."
+        )
+    function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+    return {"type": "function", "function": function}
+
+
+def _chat_tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
+
+
+def _chat_response_format(text: Any) -> JSON | None:
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if k in fmt}
+        return {"type": "json_schema", "json_schema": schema}
+    return {"type": fmt.get("type", "text")}
+
+
+def to_chat(body: JSON) -> JSON:
+    """A Responses request → the equivalent Chat Completions request (the canonical shape)."""
+    for field, what in _STATEFUL.items():
+        if body.get(field):
+            raise _refuse(
+                field,
+                f"`{field}` ({what}) needs a provider that keeps state; this model is served "
+                "statelessly. Send the whole conversation in `input` instead.",
+            )
+    chat: JSON = {"model": body["model"], "messages": input_to_messages(body)}
+    if body.get("tools"):
+        chat["tools"] = [_chat_tool(t, i) for i, t in enumerate(body["tools"])]
+    if "tool_choice" in body:
+        chat["tool_choice"] = _chat_tool_choice(body["tool_choice"])
+    response_format = _chat_response_format(body.get("text"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    if isinstance(body.get("max_output_tokens"), int):
+        chat["max_tokens"] = body["max_output_tokens"]
+    effort = (body.get("reasoning") or {}).get("effort") if isinstance(body.get("reasoning"), dict) else None
+    if effort:
+        chat["reasoning_effort"] = effort
+    for field in _CHAT_PASSTHROUGH:
+        if field in body:
+            chat[field] = body[field]
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}  # response.completed always carries usage
+    return chat
+
+
+def capability_view(body: JSON) -> JSON:
+    """The parts of a Responses request that capability checks read, in chat terms."""
+    reasoning = body.get("reasoning")
+    return {
+        "tools": body.get("tools"),
+        "stream": body.get("stream"),
+        "reasoning_effort": reasoning.get("effort") if isinstance(reasoning, dict) else None,
+    }
+
+
+# ------------------------------------------------------------------------------ answer: chat → responses
+
+
+def responses_usage(usage: Usage | None) -> JSON | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _suffix(chat_id: Any) -> str:
+    text = str(chat_id or "gw")
+    return text.removeprefix("chatcmpl-").removeprefix("chatcmpl_")
+
+
+class _ResponseBuilder:
+    """Accumulates output items and renders the Response object, for JSON and for stream events alike."""
+
+    def __init__(self, request: JSON, public_model: str) -> None:
+        self.request = request
+        self.public_model = public_model
+        self.id = "resp_gw"
+        self.created = int(time.time())
+        self.output: list[JSON] = []
+        self.status = "in_progress"
+        self.incomplete: JSON | None = None
+        self.usage: Usage | None = None
+
+    def adopt(self, chat_id: Any, created: Any) -> None:
+        self.id = f"resp_{_suffix(chat_id)}"
+        if isinstance(created, int):
+            self.created = created
+
+    def finish(self, reason: str | None) -> None:
+        if reason == "length":
+            self.status, self.incomplete = "incomplete", {"reason": "max_output_tokens"}
+        elif reason == "content_filter":
+            self.status, self.incomplete = "incomplete", {"reason": "content_filter"}
+        else:
+            self.status = "completed"
+
+    def document(self) -> JSON:
+        request = self.request
+        text = "".join(
+            part.get("text", "")
+            for item in self.output
+            if item.get("type") == "message"
+            for part in item.get("content", ())
+            if part.get("type") == "output_text"
+        )
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": self.status,
+            "error": None,
+            "incomplete_details": self.incomplete,
+            "instructions": request.get("instructions"),
+            "max_output_tokens": request.get("max_output_tokens"),
+            "model": self.public_model,
+            "output": self.output,
+            "output_text": text,
+            "parallel_tool_calls": request.get("parallel_tool_calls", True),
+            "previous_response_id": None,
+            "reasoning": request.get("reasoning") or {"effort": None, "summary": None},
+            "store": False,
+            "temperature": request.get("temperature"),
+            "text": request.get("text") or {"format": {"type": "text"}},
+            "tool_choice": request.get("tool_choice", "auto"),
+            "tools": request.get("tools") or [],
+            "top_p": request.get("top_p"),
+            "usage": responses_usage(self.usage),
+            "metadata": request.get("metadata") or {},
+        }
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> JSON:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if text else [],
+    }
+
+
+def _reasoning_item(item_id: str, text: str) -> JSON:
+    return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}] if text else []}
+
+
+def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> JSON:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+class FromChatRenderer:
+    """Chat answers raised by a chat-speaking wire → the Responses shape."""
+
+    def __init__(self, request: JSON, public_model: str) -> None:
+        self.request = request
+        self.public_model = public_model
+
+    def json(self, doc: JSON, call: Call) -> JSON:
+        builder = _ResponseBuilder(self.request, self.public_model)
+        builder.adopt(doc.get("id"), doc.get("created"))
+        choice = (doc.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        suffix = _suffix(doc.get("id"))
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            builder.output.append(_reasoning_item(f"rs_{suffix}", reasoning))
+        text = message.get("content")
+        if isinstance(text, list):
+            text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+        if text:
+            builder.output.append(_message_item(f"msg_{suffix}", text))
+        for i, tool_call in enumerate(message.get("tool_calls") or ()):
+            function = tool_call.get("function") or {}
+            builder.output.append(
+                _call_item(f"fc_{suffix}_{i}", tool_call.get("id"), function.get("name"), function.get("arguments", ""))
+            )
+        builder.finish(choice.get("finish_reason"))
+        builder.usage = call.usage
+        return builder.document()
+
+    async def frames(
+        self, items: AsyncIterator[StreamItem | UpstreamError], call: Call, sanitize: Sanitize
+    ) -> AsyncIterator[bytes]:
+        events = _EventWriter(_ResponseBuilder(self.request, self.public_model))
+        async for item in items:
+            if isinstance(item, UpstreamError):
+                yield events.error(sanitize(500, item))
+                return
+            chunk = _decode(item) if isinstance(item, bytes) else item
+            for out in events.on_chunk(chunk):
+                yield out
+        for out in events.complete(call.usage):
+            yield out
+
+    def broken(self, error: GatewayError) -> bytes:
+        return _error_frame(error, 0)
+
+
+def _error_frame(error: GatewayError, sequence: int) -> bytes:
+    data = {
+        "type": "error",
+        "sequence_number": sequence,
+        "code": error.code or error.type,
+        "message": error.message,
+        "param": error.param,
+    }
+    return frame(_encode(data), "error")
+
+
+class _EventWriter:
+    """Chat chunks → Responses stream events, with sequence numbers and the item lifecycle
+    (`output_item.added` … deltas … `.done`) that Responses clients track."""
+
+    def __init__(self, builder: _ResponseBuilder) -> None:
+        self.builder = builder
+        self.sequence = 0
+        self.started = False
+        self.open: JSON | None = None  # the message or reasoning item receiving deltas
+        self.calls: dict[int, JSON] = {}  # chat tool-call index → function_call item
+        self.finish: str | None = None
+
+    def emit(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return frame(_encode(data), kind)
+
+    def error(self, error: GatewayError) -> bytes:
+        out = _error_frame(error, self.sequence)
+        self.sequence += 1
+        return out
+
+    def _start(self, chunk: JSON) -> list[bytes]:
+        self.started = True
+        self.builder.adopt(chunk.get("id"), chunk.get("created"))
+        snapshot = self.builder.document()
+        return [self.emit("response.created", response=snapshot), self.emit("response.in_progress", response=snapshot)]
+
+    def _index(self) -> int:
+        return len(self.builder.output)
+
+    def _item_id(self, prefix: str) -> str:
+        return f"{prefix}_{self.builder.id.removeprefix('resp_')}_{self._index()}"
+
+    def _close_open(self) -> list[bytes]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        index = self.builder.output.index(item)
+        if item["type"] == "message":
+            text = item["content"][0]["text"] if item["content"] else ""
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            item["status"] = "completed"
+            return [
+                self.emit(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                ),
+                self.emit(
+                    "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
+                ),
+                self.emit("response.output_item.done", output_index=index, item=item),
+            ]
+        text = item["summary"][0]["text"] if item["summary"] else ""
+        return [
+            self.emit(
+                "response.reasoning_summary_text.done",
+                item_id=item["id"],
+                output_index=index,
+                summary_index=0,
+                text=text,
+            ),
+            self.emit(
+                "response.reasoning_summary_part.done",
+                item_id=item["id"],
+                output_index=index,
+                summary_index=0,
+                part={"type": "summary_text", "text": text},
+            ),
+            self.emit("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _text(self, delta: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "message":
+            out += self._close_open()
+            item = _message_item(self._item_id("msg"), "", "in_progress")
+            item["content"] = [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]
+            self.builder.output.append(item)
+            self.open = item
+            index = self._index() - 1
+            out.append(self.emit("response.output_item.added", output_index=index, item={**item, "content": []}))
+            out.append(
+                self.emit(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part={"type": "output_text", "text": "", "annotations": []},
+                )
+            )
+        item = self.open
+        item["content"][0]["text"] += delta
+        out.append(
+            self.emit(
+                "response.output_text.delta",
+                item_id=item["id"],
+                output_index=self.builder.output.index(item),
+                content_index=0,
+                delta=delta,
+                logprobs=[],
+            )
+        )
+        return out
+
+    def _reasoning(self, delta: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["type"] != "reasoning":
+            out += self._close_open()
+            item = _reasoning_item(self._item_id("rs"), "")
+            item["summary"] = [{"type": "summary_text", "text": ""}]
+            self.builder.output.append(item)
+            self.open = item
+            index = self._index() - 1
+            out.append(self.emit("response.output_item.added", output_index=index, item={**item, "summary": []}))
+            out.append(
+                self.emit(
+                    "response.reasoning_summary_part.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    summary_index=0,
+                    part={"type": "summary_text", "text": ""},
+                )
+            )
+        item = self.open
+        item["summary"][0]["text"] += delta
+        out.append(
+            self.emit(
+                "response.reasoning_summary_text.delta",
+                item_id=item["id"],
+                output_index=self.builder.output.index(item),
+                summary_index=0,
+                delta=delta,
+            )
+        )
+        return out
+
+    def _tool_call(self, fragment: JSON) -> list[bytes]:
+        out: list[bytes] = []
+        index = fragment.get("index", 0)
+        function = fragment.get("function") or {}
+        item = self.calls.get(index)
+        if item is None:
+            out += self._close_open()
+            item = _call_item(
+                self._item_id("fc"), fragment.get("id") or "", function.get("name") or "", "", "in_progress"
+            )
+            self.calls[index] = item
+            self.builder.output.append(item)
+            out.append(self.emit("response.output_item.added", output_index=self._index() - 1, item=dict(item)))
+        arguments = function.get("arguments") or ""
+        if arguments:
+            item["arguments"] += arguments
+            out.append(
+                self.emit(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=self.builder.output.index(item),
+                    delta=arguments,
+                )
+            )
+        return out
+
+    def on_chunk(self, chunk: JSON) -> list[bytes]:
+        out = [] if self.started else self._start(chunk)
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                out += self._reasoning(reasoning)
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                out += self._text(delta["content"])
+            for fragment in delta.get("tool_calls") or ():
+                out += self._tool_call(fragment)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+    def complete(self, usage: Usage | None) -> list[bytes]:
+        out = [] if self.started else self._start({})
+        out += self._close_open()
+        for item in self.calls.values():
+            index = self.builder.output.index(item)
+            item["status"] = "completed"
+            out.append(
+                self.emit(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+            out.append(self.emit("response.output_item.done", output_index=index, item=item))
+        self.builder.finish(self.finish)
+        self.builder.usage = usage
+        kind = "response.incomplete" if self.builder.status == "incomplete" else "response.completed"
+        out.append(self.emit(kind, response=self.builder.document()))
+        return out
+
+
+class NativeRenderer:
+    """A provider that speaks Responses: its events cross unchanged (but for stripped fields)."""
+
+    def json(self, doc: JSON, call: Call) -> JSON:
+        return doc
+
+    async def frames(
+        self, items: AsyncIterator[StreamItem | UpstreamError], call: Call, sanitize: Sanitize
+    ) -> AsyncIterator[bytes]:
+        sequence = 0
+        async for item in items:
+            if isinstance(item, UpstreamError):
+                yield _error_frame(sanitize(500, item), sequence)
+                return
+            data = _decode(item) if isinstance(item, bytes) else item
+            sequence = int(data.get("sequence_number", sequence)) + 1
+            yield frame(item if isinstance(item, bytes) else _encode(item), data.get("type"))
+
+    def broken(self, error: GatewayError) -> bytes:
+        return _error_frame(error, 0)
