@@ -153,7 +153,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 requests, prompt, completion, cost = usage.get(record.id, (0, 0, 0, 0.0))
                 print(
                     f"{record.name:<20} {record.id:<13} {created:<20} {state:<8} {requests:>9} "
-                    f"{prompt + completion:>12} {cost:>10.4f}"
+                    f"{prompt + completion:>12} {cost:>10.6f}"
                 )
         elif args.keys_command == "revoke":
             store.revoke_key(args.name)

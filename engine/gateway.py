@@ -52,7 +52,7 @@ class Gateway:
             specs=specs,
             catalog=catalog,
             store=store,
-            meter=Meter(store),
+            meter=Meter(store, routes.gateway.meter_flush_seconds),
             client=make_client(transport),
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),

@@ -151,3 +151,22 @@ def test_unknown_but_valid_fields_pass_through_and_receipts_are_stripped(http: A
     assert sent["prompt_cache_key"] == "k1" and sent["a_future_field"] == {"x": 1}
     assert "compose_receipt" not in sent
     assert "compose_receipt" not in response.json()
+
+
+def test_usage_is_metered_per_key_with_cost(gateway: Any, upstream: Any) -> None:
+    import time
+
+    key = gateway.engine("keys", "create", "--name", "metered").stdout.strip().splitlines()[-1]
+    client = openai.OpenAI(base_url=gateway.url, api_key=key, max_retries=0)
+    client.chat.completions.create(model="openai/gpt-4.1", messages=HELLO)
+    list(client.chat.completions.create(model="openai/gpt-4.1", messages=HELLO, stream=True))
+    deadline = time.monotonic() + 10
+    row = ""
+    while time.monotonic() < deadline:
+        row = next(line for line in gateway.engine("keys", "list").stdout.splitlines() if line.startswith("metered"))
+        if row.split()[-3] == "2":
+            break
+        time.sleep(0.1)
+    requests, tokens, cost = row.split()[-3:]
+    assert (requests, tokens) == ("2", "38"), row  # 2 x (12 prompt + 7 completion), the stream's usage included
+    assert float(cost) == pytest.approx(2 * (12 * 2.00 + 7 * 8.00) / 1e6, abs=1e-6)

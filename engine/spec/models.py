@@ -74,6 +74,9 @@ class Gateway(Strict):
     name: str = Field(description="Deployment name: `owned_by` fallback and the OpenCode provider id.")
     key_prefix: str = Field(pattern=r"^[a-z][a-z0-9]*-$", description="Prefix of every gateway key.")
     max_body_mb: int = Field(default=32, ge=1, description="Largest request body accepted, in MiB.")
+    meter_flush_seconds: float = Field(
+        default=5.0, gt=0, description="How often metered usage is folded into the database."
+    )
 
 
 class DiagnosticHeaders(Strict):
