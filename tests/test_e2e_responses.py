@@ -122,6 +122,50 @@ def test_streamed_tool_call_over_responses(client: openai.OpenAI, upstream: Any)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens_details.reasoning_tokens == 64
 
 
+def test_streamed_two_turn_tool_round_trip_over_responses(client: openai.OpenAI, upstream: Any) -> None:
+    def turn(messages: list[dict[str, Any]]) -> tuple[str, dict[int, dict[str, str]], str | None]:
+        text, calls, finish = "", {}, None
+        for chunk in client.chat.completions.create(
+            model="openai/gpt-5.5", messages=messages, tools=[WEATHER_TOOL], stream=True
+        ):
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                for fragment in choice.delta.tool_calls or ():
+                    call = calls.setdefault(
+                        fragment.index, {"id": fragment.id, "name": fragment.function.name, "arguments": ""}
+                    )
+                    call["arguments"] += fragment.function.arguments or ""
+                finish = choice.finish_reason or finish
+        return text, calls, finish
+
+    text, calls, finish = turn(ASK)
+    assert (text, finish) == ("Let me check.", "tool_calls")
+    call = calls[0]
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": text,
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["id"], "content": "4 degrees"},
+    ]
+    text, calls, finish = turn(history)
+    assert (text, calls, finish) == ("The tool said: 4 degrees", {}, "stop")
+    assert paths(upstream) == ["/v1/responses", "/v1/responses"]
+    assert upstream.last_body()["input"][-1] == {
+        "type": "function_call_output",
+        "call_id": "call_fake_1",
+        "output": "4 degrees",
+    }
+
+
 def test_a_failed_response_mid_stream_becomes_an_error_event(http: httpx.Client, upstream: Any) -> None:
     upstream.script(
         {
