@@ -9,6 +9,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The strict client used by tests/test_strict_client.py, pinned by its package-lock.json.
+AI_SDK := tests/clients/vercel_ai_sdk
+$(AI_SDK)/node_modules/.installed: $(AI_SDK)/package-lock.json
+	npm ci --prefix $(AI_SDK) --no-audit --no-fund --loglevel=error
+	touch $@
+
 .PHONY: install serve test check bench
 install: $(STAMP)
 
@@ -17,7 +23,7 @@ serve: $(STAMP)
 	$(VENV)/bin/engine serve --host 127.0.0.1 --port 8080
 
 ## test: install, then lint, check the specs and run the whole test suite
-test: $(STAMP)
+test: $(STAMP) $(AI_SDK)/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/engine check
