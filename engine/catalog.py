@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import GatewayError, model_not_found
@@ -82,29 +82,48 @@ def compile_error_rules(rules: list[ErrorRule]) -> tuple[CompiledErrorRule, ...]
 
 
 @dataclass(frozen=True)
+class Plan:
+    """What a candidate's spec asks of one operation, with everything the model and operation decide
+    already folded away (see `Expression.specialize`): only request-dependent conditions remain."""
+
+    mappings: tuple[CompiledMapping, ...]
+    wire_rules: tuple[tuple[int, CompiledWireRule], ...]
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """One way to serve a public model: a provider, its row for the model, and the pre-decided spec."""
+    """One way to serve a public model: a provider and its row for the model."""
 
     public_id: str
     provider: Provider
     row: ModelRow
     view: dict[str, Any]  # what spec expressions see as `model`
-    mappings: tuple[CompiledMapping, ...]
-    wire_rules: tuple[tuple[int, CompiledWireRule], ...]
+    _plans: dict[str, Plan] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, public_id: str, provider: Provider, row: ModelRow) -> Candidate:
         view = {"id": public_id, "provider": provider.id, **row.model_dump()}
-        mappings = tuple(m for m in (m.decided_for(view) for m in provider.mappings) if m is not None)
+        return cls(public_id, provider, row, view)
+
+    def plan(self, operation: str) -> Plan:
+        """The specialized spec for `operation`, built on first use and kept (`Catalog.prepare` warms it)."""
+        plan = self._plans.get(operation)
+        if plan is None:
+            plan = self._plans[operation] = self._specialize(operation)
+        return plan
+
+    def _specialize(self, operation: str) -> Plan:
+        known = {"model": self.view, "operation": operation}
+        mappings = tuple(m for m in (m.specialized(**known) for m in self.provider.mappings) if m is not None)
         rules: list[tuple[int, CompiledWireRule]] = []
-        for index, rule in provider.wire_rules:
-            if rule.when is not None and rule.when.reads_only("model"):
-                if not rule.when.holds(model=view):
-                    continue
-                rules.append((index, CompiledWireRule(None, rule.wire, rule.why)))
-                break  # always fires for this model: later rules can never be reached
-            rules.append((index, rule))
-        return cls(public_id, provider, row, view, mappings, tuple(rules))
+        for index, rule in self.provider.wire_rules:
+            when = rule.when.specialize(**known) if rule.when is not None else True
+            if when is False:
+                continue
+            rules.append((index, CompiledWireRule(None if when is True else when, rule.wire, rule.why)))
+            if when is True:
+                break  # always fires here: later rules can never be reached
+        return Plan(mappings, tuple(rules))
 
 
 class Catalog:
@@ -125,6 +144,13 @@ class Catalog:
     def from_specs(cls, specs: Specs, env: Mapping[str, str] | None = None) -> Catalog:
         env = os.environ if env is None else env
         return cls([Provider.bind(f.spec, env) for f in specs.providers])
+
+    def prepare(self, operations: list[str]) -> None:
+        """Specialize every live candidate's spec for these operations now, not on first request."""
+        for candidates in self._live.values():
+            for candidate in candidates:
+                for operation in operations:
+                    candidate.plan(operation)
 
     def public_ids(self) -> list[str]:
         """Every public model ID some spec serves, live or not."""

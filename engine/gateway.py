@@ -12,6 +12,7 @@ import httpx
 from engine.catalog import Catalog, compile_error_rules
 from engine.metering import Meter
 from engine.sanitize import Sanitizer
+from engine.select import CLIENT_SHAPES
 from engine.spec.loader import Specs, load_specs
 from engine.store import REPO_ROOT, Store, default_db_path
 from engine.transport import make_client
@@ -42,6 +43,7 @@ class Gateway:
     ) -> Gateway:
         specs = load_specs(specs_dir or default_specs_dir())
         catalog = Catalog.from_specs(specs, env)
+        catalog.prepare(sorted({route.operation for route in specs.routes.routes} & set(CLIENT_SHAPES)))
         store = Store(db_path or default_db_path())
         routes = specs.routes
         shared_rules = compile_error_rules(routes.error_rules)

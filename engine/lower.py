@@ -42,8 +42,9 @@ def lower_request(
     body = {k: v for k, v in request.items() if k not in strip_fields}
     names = {"request": body, "model": candidate.view, "operation": operation}
     codec = choice.wire
+    mappings = candidate.plan(operation).mappings
     if codec.accepts == "chat":  # request-stage mappings are written against the chat shape
-        apply_stage(candidate.mappings, "request", body, names)
+        apply_stage(mappings, "request", body, names)
 
     stream = request.get("stream") is True
     options = request.get("stream_options")
@@ -54,7 +55,7 @@ def lower_request(
         include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
     )
     lowered = codec.lower(body, call)
-    apply_stage(candidate.mappings, "wire", lowered.body, {**names, "request": lowered.body})
+    apply_stage(mappings, "wire", lowered.body, {**names, "request": lowered.body})
 
     provider = candidate.provider
     url = provider.base_url + lowered.path

@@ -12,6 +12,7 @@ request is never altered behind the engine's back.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,14 +129,15 @@ class CompiledMapping:
             compute=tuple((parse_path(p), compile_expression(v, REQUEST_NAMES)) for p, v in spec.compute.items()),
         )
 
-    def decided_for(self, model: dict[str, Any]) -> CompiledMapping | None:
-        """Partially evaluate against one model: drop the block if its condition reads only the model and
-        is false, drop the condition if it is true. Per-request work is then only what depends on it."""
-        if self.when is None or not self.when.reads_only("model"):
+    def specialized(self, **known: Any) -> CompiledMapping | None:
+        """This block for one model and operation: None when its condition is decided false, without a
+        condition when decided true, else with the residual condition. See `Expression.specialize`."""
+        if self.when is None:
             return self
-        if self.when.holds(model=model):
-            return CompiledMapping(self.stage, None, self.renames, self.steps, self.compute)
-        return None
+        when = self.when.specialize(**known)
+        if when is False:
+            return None
+        return dataclasses.replace(self, when=None if when is True else when)
 
     def apply(self, body: dict[str, Any], names: dict[str, Any]) -> None:
         if self.when is not None and not self.when.holds(**names):

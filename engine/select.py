@@ -25,7 +25,7 @@ class WireChoice:
 
 def select_wire(candidate: Candidate, request: dict[str, Any], operation: str) -> WireChoice:
     shape = CLIENT_SHAPES[operation]
-    for index, rule in candidate.wire_rules:
+    for index, rule in candidate.plan(operation).wire_rules:
         if rule.when is None or rule.when.holds(request=request, model=candidate.view, operation=operation):
             return WireChoice(codec_for(rule.wire, shape), f"wire_rules[{index}]: {rule.why}")
     provider = candidate.provider

@@ -70,10 +70,11 @@ def test_when_decides_whether_a_block_applies() -> None:
     }
 
 
-def test_conditions_on_the_model_alone_are_decided_once_at_start_up() -> None:
+def test_conditions_are_specialized_for_each_model_at_start_up() -> None:
     on_model = CompiledMapping.compile(Mapping(when="model.reasoning", drop=["temperature"]))
-    decided = on_model.decided_for(MODEL)
-    assert decided is not None and decided.when is None
-    assert on_model.decided_for({**MODEL, "reasoning": False}) is None
-    on_request = CompiledMapping.compile(Mapping(when="request.tools", drop=["temperature"]))
-    assert on_request.decided_for(MODEL) is on_request
+    always = on_model.specialized(model=MODEL)
+    assert always is not None and always.when is None
+    assert on_model.specialized(model={**MODEL, "reasoning": False}) is None
+    mixed = CompiledMapping.compile(Mapping(when="model.reasoning and request.tools", drop=["temperature"]))
+    residual = mixed.specialized(model=MODEL)
+    assert residual is not None and residual.when is not None and residual.when.names == {"request"}
