@@ -62,6 +62,9 @@ class Fake:
     def last_body(self) -> dict:
         return self.requests()[-1]["body"]
 
+    def aborted(self) -> int:
+        return int(self.control.get("/_fake/stats").json()["aborted"])
+
     def reset(self) -> None:
         self.control.delete("/_fake/requests").raise_for_status()
 

@@ -299,3 +299,26 @@ def test_a_stream_cut_short_ends_with_an_error_event(http: httpx.Client, upstrea
         raw = response.read().decode()
     assert "upstream_stream_interrupted" in raw
     assert "[DONE]" not in raw
+
+
+def test_a_client_hanging_up_mid_stream_closes_the_upstream_stream(gateway: Any, upstream: Any) -> None:
+    import time
+
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4.1",
+        "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": None}],
+    }
+    upstream.script({"sse": [chunk] * 200, "event_delay": 0.05})  # ten seconds if nobody hangs up
+    before = upstream.aborted()
+    body = {"model": "openai/gpt-4.1", "messages": HELLO, "stream": True}
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    with httpx.stream("POST", gateway.root + CHAT, json=body, headers=headers, timeout=10) as response:
+        first = next(response.iter_lines())
+    assert first.startswith("data: ")
+    deadline = time.monotonic() + 5
+    while upstream.aborted() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.aborted() == before + 1, "the upstream kept streaming to nobody"

@@ -11,6 +11,7 @@ Tests steer it through a control API under `/_fake/`:
   "headers", "delay", "drop"}` (`drop` closes the connection without answering; `sse` items that are
   objects are JSON-encoded, strings are sent as they are).
 - `GET /_fake/requests` lists what was received (method, path, headers, body); `DELETE` clears it.
+- `GET /_fake/stats` counts streams the gateway closed before their end (`aborted`).
 
 Run it alone with `python -m tests.fakes.openai_fake --port 9100`.
 """
@@ -357,6 +358,7 @@ class Fake:
         self.requests: list[dict[str, Any]] = []
         self.script: deque[dict[str, Any]] = deque()
         self.record = True
+        self.aborted = 0  # streams the other side closed before the end
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -399,14 +401,18 @@ class Fake:
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream", **(headers or {})})
         await response.prepare(request)
-        for data in events:
-            if data.startswith(("event:", ":")):
-                await response.write(data.encode() + b"\n\n")  # a pre-framed named event or a comment
-            else:
-                await response.write(b"data: " + data.encode() + b"\n\n")
-            if event_delay:
-                await asyncio.sleep(event_delay)
-        await response.write_eof()
+        try:
+            for data in events:
+                if data.startswith(("event:", ":")):
+                    await response.write(data.encode() + b"\n\n")  # a pre-framed named event or a comment
+                else:
+                    await response.write(b"data: " + data.encode() + b"\n\n")
+                if event_delay:
+                    await asyncio.sleep(event_delay)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.aborted += 1  # the gateway hung up: what a client disconnect must cause
+            raise
         return response
 
     async def add_script(self, request: web.Request) -> web.Response:
@@ -416,6 +422,9 @@ class Fake:
 
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.requests)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"aborted": self.aborted})
 
     async def clear(self, request: web.Request) -> web.Response:
         self.requests.clear()
@@ -431,6 +440,7 @@ def make_app(record: bool = True) -> web.Application:
     app.router.add_post("/v1/responses", fake.chat)
     app.router.add_post("/_fake/script", fake.add_script)
     app.router.add_get("/_fake/requests", fake.list_requests)
+    app.router.add_get("/_fake/stats", fake.stats)
     app.router.add_delete("/_fake/requests", fake.clear)
     return app
 
