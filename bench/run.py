@@ -1,0 +1,636 @@
+"""End-to-end benchmark of the gateway: added latency, requests per second, streaming, memory.
+
+    .venv/bin/python bench/run.py                  # ~1 minute, prints the numbers
+    .venv/bin/python bench/run.py --duration 10    # longer load runs
+    .venv/bin/python bench/run.py --profile 10     # also sample the gateway with py-spy under load
+    .venv/bin/python bench/run.py --compare-engine /tmp/base  # A/B against another checkout, in one run
+
+What it does, and why this way (the method is the one in /work/shared/field-notes.md):
+
+1. Starts the OpenAI fake (`tests.fakes.openai_fake --no-record`) and the gateway (`engine serve --workers 1`)
+   on free loopback ports, with a throw-away database and gateway key, OPENAI_BASE_URL pointing at the fake.
+   Every other `*_API_KEY` / `*_BASE_URL` is removed from the gateway's environment: nothing leaves the host.
+2. Added latency at concurrency 1, non-streaming, ~400-byte answers: rounds to the fake directly and through
+   the gateway are interleaved; each figure is the median over rounds of that round's p50 / p99, and added is
+   gateway - direct. Interleaving and medians of rounds are what make the result hold on a noisy machine. The
+   client is a blocking socket sending pre-encoded bytes (bench/loadgen.py): its own cost is a few
+   microseconds, the same on both sides, and cancels in the difference.
+3. Requests per second at concurrency 16 and 64, gateway and direct in the same run, as a ratio. The load
+   generator must not be the bottleneck: `wrk` (C; ~20 µs of CPU per request) when it is on PATH, else a
+   hand-rolled asyncio client in its own process (~45 µs); aiohttp's client (~110 µs) is there to compare.
+   The gateway's CPU time per request is read from /proc as well: on a shared or noisy machine it is steadier
+   than RPS, and 1000 / (CPU ms per request) is the most one core can serve.
+4. Pinning: with 2+ CPUs the gateway gets CPU 0 to itself; the fake, the load generator and this script share
+   the others (sched_setaffinity, what `taskset -c` does). The gateway then has one whole core, as one worker
+   has in production, and the generator cannot steal it. `--no-pin` leaves placement to the scheduler.
+5. Streaming: added time to first token (the first `data:` event) at concurrency 1, interleaved the same way.
+6. Peak RSS of the gateway process (VmHWM from /proc).
+7. Every process is stopped in `finally`; a hard `--time-limit` ends a hung run.
+
+`--compare-engine DIR|CMD` starts a second gateway (another checkout's directory, or any `engine` command
+line) and interleaves it with the first, so that an A/B difference is not machine drift between two runs.
+Loopback only: every address is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadgen import Connection, encode_request, percentile
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PUBLIC_MODEL, UPSTREAM_MODEL = "openai/gpt-4.1", "gpt-4.1"
+UPSTREAM_KEY = "sk-bench-not-a-real-key"
+OVERHEAD_HEADER = "x-compose-overhead-ms"
+PROMPT = [{"role": "user", "content": "Say hello."}]  # the fake answers with ~400 bytes of JSON
+
+
+class TimeLimit(Exception):
+    """Raised from SIGALRM when the whole run exceeds --time-limit."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def request_body(model: str, stream: bool = False) -> bytes:
+    doc: dict[str, Any] = {"model": model, "messages": PROMPT}
+    if stream:
+        doc["stream"] = True
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of a process: /proc/<pid>/task/*/sched (ns resolution), else /proc/stat ticks."""
+    total, found = 0.0, False
+    for path in glob.glob(f"/proc/{pid}/task/*/sched"):
+        with contextlib.suppress(OSError), open(path) as sched:
+            for line in sched:
+                if line.startswith("se.sum_exec_runtime"):
+                    total += float(line.split(":")[1]) / 1000
+                    found = True
+                    break
+    if found:
+        return total
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmHWM (peak resident set) and VmRSS of a process, in MiB."""
+    found: dict[str, float] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmHWM", "VmRSS"):
+                found[name] = round(int(value.split()[0]) / 1024, 1)
+    return found
+
+
+@dataclass
+class Target:
+    """Where requests go: the fake directly, or a gateway (same prompt, each with the model name it expects)."""
+
+    name: str
+    port: int
+    path: str
+    model: str
+    headers: dict[str, str]
+    pid: int | None = None  # a gateway's process, for CPU and memory
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.path}"
+
+    def payload(self, stream: bool = False) -> bytes:
+        return encode_request(HOST, self.port, self.path, request_body(self.model, stream), self.headers)
+
+
+def rotated(targets: list[Target], number: int) -> list[Target]:
+    """Round `number`'s order: each target takes each position equally often."""
+    shift = number % len(targets)
+    return targets[shift:] + targets[:shift]
+
+
+# -------------------------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Processes:
+    """The child processes of one run; `stop_all` is safe at any point and bounded in time."""
+
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(
+        self, argv: list[str], env: dict[str, str], log: Path, cpus: set[int] | None, cwd: Path = REPO
+    ) -> subprocess.Popen[bytes]:
+        pin: Callable[[], None] | None = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the child
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
+        self.children.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.children:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # uvicorn and aiohttp both shut down cleanly on SIGINT
+        for process in self.children:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+# ---------------------------------------------------------------------------------- concurrency 1 phases
+
+
+@dataclass
+class Sequential:
+    """One target's results at concurrency 1: per-round p50 / p99 (seconds), its own overhead header, CPU."""
+
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    overhead_ms: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    requests: int = 0
+    answer_bytes: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "p50_ms": round(statistics.median(self.p50) * 1000, 3),
+            "p99_ms": round(statistics.median(self.p99) * 1000, 3),
+        }
+        if self.overhead_ms:
+            found["own_overhead_header_p50_ms"] = round(statistics.median(self.overhead_ms), 3)
+        if self.cpu:
+            found["cpu_ms_per_request"] = round(self.cpu * 1000 / self.requests, 3)
+        return found
+
+
+def sequential_phase(targets: list[Target], rounds: int, requests: int, stream: bool) -> dict[str, Sequential]:
+    """Interleaved rounds of `requests` one-at-a-time requests per target.
+
+    Non-streaming, a sample is the whole response; streaming, it is the first `data:` event (time to first
+    token), and the rest of the stream is read before the next request.
+    """
+    connections = {t.name: Connection(HOST, t.port) for t in targets}
+    payloads = {t.name: t.payload(stream) for t in targets}
+    results = {t.name: Sequential() for t in targets}
+    try:
+        for target in targets:  # warm-up: connections, the gateway's upstream pool, code paths
+            for _ in range(min(200, requests)):
+                connections[target.name].request(payloads[target.name])
+        for number in range(rounds):
+            for target in rotated(targets, number):
+                result, samples = results[target.name], []
+                cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
+                for _ in range(requests):
+                    reply = connections[target.name].request(payloads[target.name])
+                    if reply.status != 200:
+                        raise RuntimeError(f"{target.name} answered {reply.status}: {reply.body[:500]!r}")
+                    timed = reply.first_event if stream else reply.total
+                    if timed is None:
+                        raise RuntimeError(f"{target.name} sent no `data:` event: {reply.body[:500]!r}")
+                    samples.append(timed)
+                    if OVERHEAD_HEADER in reply.headers:
+                        result.overhead_ms.append(float(reply.headers[OVERHEAD_HEADER]))
+                    result.answer_bytes = len(reply.body)
+                if target.pid:
+                    result.cpu += cpu_seconds(target.pid) - cpu_before
+                result.requests += requests
+                result.p50.append(statistics.median(samples))
+                result.p99.append(percentile(samples, 99))
+    finally:
+        for connection in connections.values():
+            connection.close()
+    return results
+
+
+# ------------------------------------------------------------------------------------------- load phase
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[{body}]]
+{headers}
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK_JSON {{"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d}}\\n',
+    summary.requests, summary.duration, e.status + e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    cpu_ms_per_request: float | None = None  # of the gateway, when the target is one
+
+
+class LoadGenerator:
+    """Keeps N requests in flight for a while: `wrk`, or bench/loadgen.py in a process of its own."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind, self.workdir = kind, workdir
+
+    def describe(self) -> str:
+        if self.kind == "wrk":
+            version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" Copyright")[0]
+            return f"wrk ({version.strip()}), 1 thread, Lua script for the POST body and headers"
+        client = "raw" if self.kind == "python" else "aiohttp"
+        return f"Python: bench/loadgen.py --client {client} in its own process (wrk not used)"
+
+    def run(self, target: Target, concurrency: int, seconds: float) -> Load:
+        cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
+        load = (
+            self._wrk(target, concurrency, seconds)
+            if self.kind == "wrk"
+            else self._python(target, concurrency, seconds)
+        )
+        if target.pid and load.requests:
+            load.cpu_ms_per_request = (cpu_seconds(target.pid) - cpu_before) * 1000 / load.requests
+        return load
+
+    def _wrk(self, target: Target, concurrency: int, seconds: float) -> Load:
+        script = self.workdir / f"{target.name}.lua"
+        if not script.exists():
+            headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
+            script.write_text(WRK_SCRIPT.format(body=request_body(target.model).decode(), headers=headers))
+        argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), target.url]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+        found = json.loads(line.removeprefix("WRK_JSON "))
+        return Load(
+            rps=found["requests"] / (found["duration_us"] / 1e6),
+            p50_ms=found["p50_us"] / 1000,
+            p99_ms=found["p99_us"] / 1000,
+            errors=found["errors"],
+            requests=found["requests"],
+        )
+
+    def _python(self, target: Target, concurrency: int, seconds: float) -> Load:
+        body_file = self.workdir / f"{target.name}.json"
+        body_file.write_bytes(request_body(target.model))
+        argv = [sys.executable, str(Path(__file__).with_name("loadgen.py")), target.url, "--body-file", str(body_file)]
+        argv += [f"--header={k}: {v}" for k, v in target.headers.items()]
+        argv += ["--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "0"]
+        argv += ["--client", "raw" if self.kind == "python" else "aiohttp"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+        if out.returncode != 0:
+            raise RuntimeError(f"bench/loadgen.py failed:\n{out.stderr}")
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+        return Load(found["rps"], found["p50_ms"], found["p99_ms"], found["errors"], found["requests"])
+
+
+def load_phase(
+    targets: list[Target], loadgen: LoadGenerator, level: int, rounds: int, seconds: float, warmup: float
+) -> dict[str, list[Load]]:
+    runs: dict[str, list[Load]] = {t.name: [] for t in targets}
+    for number in range(rounds):
+        for target in rotated(targets, number):
+            if warmup > 0:  # new connections, and the gateway's upstream pool grows to this level
+                loadgen.run(target, level, warmup)
+            runs[target.name].append(loadgen.run(target, level, seconds))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+
+def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out: Path) -> list[str]:
+    """Sample a gateway with py-spy while it serves concurrency 16; returns the lines of a hotspot table.
+
+    py-spy is not a project dependency (`.venv/bin/pip install py-spy`). Self time says where the CPU goes;
+    inclusive time restricted to engine/ frames says which engine line leads there.
+    """
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None or target.pid is None:
+        return ["py-spy not found; install it into the venv (not into pyproject) to profile"]
+    argv = [spy, "record", "-p", str(target.pid), "-d", f"{seconds:g}", "-r", "200", "-f", "raw", "-o", str(out)]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as spy_process:
+        time.sleep(0.5)
+        loadgen.run(target, 16, seconds + 1)
+        _, stderr = spy_process.communicate(timeout=seconds + 30)
+    if not out.exists():
+        return [f"py-spy failed: {stderr.decode(errors='replace').strip()[-500:]}"]
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = background = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if f]
+        if not frames or not count.isdigit():
+            continue
+        if "threading.py" in frames[0]:  # e.g. the logging queue thread; py-spy counts its lock waits as busy
+            background += int(count)
+            continue
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            if "(engine/" in frame and "cli.py" not in frame:
+                inclusive[frame] += int(count)
+    if not total:
+        return ["py-spy recorded no samples of the main thread"]
+    lines = [f"{total} samples of the event-loop thread ({background} of other threads left out); self time:"]
+    lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(15)]
+    lines += ["inclusive time of engine/ frames:"]
+    lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(20)]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def choose_loadgen(requested: str) -> str:
+    if requested == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    if requested == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--loadgen wrk: wrk is not on PATH (apt-get install wrk)")
+    return requested
+
+
+def checkout(root: Path) -> str:
+    """The commit measured, so that a figure can be traced to code (`+dirty` when engine/ or specs/ have edits)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "engine", "specs"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown (no git)"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
+@dataclass
+class Engine:
+    """How to start one gateway: a command line, the directory it runs in and the specs it serves."""
+
+    argv: list[str]
+    cwd: Path
+    specs: Path
+    label: str
+
+
+def engine_from(option: str | None) -> Engine:
+    """`--engine` / `--compare-engine`: nothing (this checkout), another checkout's directory, or a command.
+
+    A directory runs this interpreter's `-m engine.cli` inside it, with its own specs: the working directory
+    comes first on sys.path, ahead of the editable install, so that checkout's `engine` package is the one
+    imported (e.g. `git worktree add /tmp/base HEAD~1`, then `--compare-engine /tmp/base`).
+    """
+    module = [sys.executable, "-m", "engine.cli"]
+    if option is None:
+        return Engine(module, REPO, REPO / "specs", f"this checkout ({checkout(REPO)})")
+    path = Path(option).expanduser()
+    if path.is_dir():
+        root = path.resolve()
+        return Engine(module, root, root / "specs", f"checkout {root} ({checkout(root)})")
+    return Engine(shlex.split(option), REPO, REPO / "specs", f"command {option!r}")
+
+
+def print_sequential(results: dict[str, Sequential], direct: str, gateways: list[str]) -> dict[str, Any]:
+    found = {name: result.summary() for name, result in results.items()}
+    for name in [direct, *gateways]:
+        row = found[name]
+        extra = f"   CPU {row['cpu_ms_per_request']:.3f} ms/request" if "cpu_ms_per_request" in row else ""
+        print(f"  {name:<10} p50 {row['p50_ms']:7.3f} ms   p99 {row['p99_ms']:7.3f} ms{extra}")
+    for name in gateways:
+        add = {
+            "p50_ms": round(found[name]["p50_ms"] - found[direct]["p50_ms"], 3),
+            "p99_ms": round(found[name]["p99_ms"] - found[direct]["p99_ms"], 3),
+        }
+        found[name]["added"] = add
+        print(f"  added by {name}: p50 {add['p50_ms']:.3f} ms   p99 {add['p99_ms']:.3f} ms")
+    return found
+
+
+def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, Any]:
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = not args.no_pin and len(cpus) >= 2
+    gateway_cpus, other_cpus = ({cpus[0]}, set(cpus[1:])) if pinned else (None, None)
+    if other_cpus:
+        os.sched_setaffinity(0, other_cpus)  # this script and all it starts, but the gateway
+    kind = choose_loadgen(args.loadgen)
+    loadgen = LoadGenerator(kind, workdir)
+    pinning = (
+        f"gateway on CPU {cpus[0]}; fake, load generator and this script on CPU {','.join(map(str, cpus[1:]))}"
+        if pinned
+        else "none (--no-pin or 1 CPU)"
+    )
+    results: dict[str, Any] = {
+        "checkout": checkout(REPO),
+        "python": sys.version.split()[0],
+        "cpus": len(cpus),
+        "pinning": pinning,
+        "load_generator": loadgen.describe(),
+    }
+    print(f"engine checkout {results['checkout']}, Python {results['python']}")
+    print(f"CPUs: {len(cpus)}; pinning: {pinning}")
+    print(f"load generator: {results['load_generator']}")
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
+    env |= {"ENGINE_DB": str(workdir / "engine.sqlite3"), "ENGINE_SPECS": str(REPO / "specs")}
+    engines = {"gateway": engine_from(args.engine)}
+    if args.compare_engine:
+        engines["gateway-b"] = engine_from(args.compare_engine)
+    first = engines["gateway"]
+    created = subprocess.run(
+        [*first.argv, "keys", "create", "--name", "bench"],
+        cwd=first.cwd,
+        env={**env, "ENGINE_SPECS": str(first.specs)},
+        capture_output=True,
+        timeout=60,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"engine keys create failed:\n{created.stderr.decode()}")
+    key = created.stdout.decode().strip().splitlines()[-1]
+
+    fake_port = free_port()
+    fake_argv = [sys.executable, "-m", "tests.fakes.openai_fake", "--host", HOST, "--port", str(fake_port)]
+    fake = procs.start([*fake_argv, "--no-record"], env, workdir / "fake.log", None)
+    wait_until_listening(fake_port, fake, workdir / "fake.log")
+    env |= {"OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": f"http://{HOST}:{fake_port}/v1"}
+    json_headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    direct = Target(
+        "direct",
+        fake_port,
+        "/v1/chat/completions",
+        UPSTREAM_MODEL,
+        {**json_headers, "Authorization": f"Bearer {UPSTREAM_KEY}"},
+    )
+    targets = [direct]
+    for name, engine in engines.items():
+        port, log = free_port(), workdir / f"{name}.log"
+        serve = [*engine.argv, "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+        engine_env = {**env, "ENGINE_SPECS": str(engine.specs)}
+        process = procs.start(serve, engine_env, log, gateway_cpus, cwd=engine.cwd)
+        wait_until_listening(port, process, log)
+        headers = {**json_headers, "Authorization": f"Bearer {key}"}
+        targets.append(Target(name, port, "/external/v1/chat/completions", PUBLIC_MODEL, headers, process.pid))
+        print(f"{name}: {engine.label}: engine serve --workers 1 (pid {process.pid}, port {port})")
+    gateways = [t.name for t in targets[1:]]
+
+    print(f"\n[1] latency at concurrency 1, non-streaming: {args.rounds} interleaved rounds x {args.requests} requests")
+    plain = sequential_phase(targets, args.rounds, args.requests, stream=False)
+    print("  answer sizes: " + ", ".join(f"{n} {r.answer_bytes} B" for n, r in plain.items()))
+    results["latency_c1"] = print_sequential(plain, "direct", gateways)
+    for name in gateways:
+        header = results["latency_c1"][name].get("own_overhead_header_p50_ms")
+        if header is not None:
+            print(f"  {name}'s own {OVERHEAD_HEADER} header: p50 {header:.3f} ms (excludes the HTTP server, the")
+            print("    framework around the handler and the upstream client's CPU, which it counts as upstream wait)")
+
+    print(f"\n[2] streaming, time to first token at concurrency 1: {args.rounds} rounds x {args.stream_requests}")
+    results["ttft_c1"] = print_sequential(
+        sequential_phase(targets, args.rounds, args.stream_requests, stream=True), "direct", gateways
+    )
+
+    print(
+        f"\n[3] requests per second: {args.load_rounds} round(s) of {args.duration:g} s runs,"
+        f" each after {args.warmup:g} s of warm-up"
+    )
+    throughput: dict[str, Any] = {}
+    for level in [int(c) for c in args.concurrency.split(",")]:
+        runs = load_phase(targets, loadgen, level, args.load_rounds, args.duration, args.warmup)
+        row: dict[str, Any] = {}
+        for name, loads in runs.items():
+            row[name] = {
+                "rps": round(statistics.median(x.rps for x in loads), 1),
+                "p50_ms": round(statistics.median(x.p50_ms for x in loads), 3),
+                "p99_ms": round(statistics.median(x.p99_ms for x in loads), 3),
+                "errors": sum(x.errors for x in loads),
+            }
+            cpu = [x.cpu_ms_per_request for x in loads if x.cpu_ms_per_request is not None]
+            if cpu:
+                row[name]["cpu_ms_per_request"] = round(statistics.median(cpu), 3)
+        line = f"  c={level:<3} direct {row['direct']['rps']:>8,.0f} RPS"
+        for name in gateways:
+            row[name]["ratio_to_direct"] = round(row[name]["rps"] / row["direct"]["rps"], 3)
+            g = row[name]
+            line += (
+                f" | {name} {g['rps']:>6,.0f} RPS (ratio {g['ratio_to_direct']:.3f}, p50 {g['p50_ms']:.1f} ms,"
+                f" p99 {g['p99_ms']:.1f} ms, CPU {g.get('cpu_ms_per_request', float('nan')):.3f} ms/req)"
+            )
+        errors = sum(r["errors"] for r in row.values())
+        print(line + (f"  ERRORS {errors}" if errors else ""))
+        throughput[str(level)] = row
+    results["throughput"] = throughput
+
+    print("\n[4] gateway memory (from /proc)")
+    results["memory_mib"] = {}
+    for target in targets[1:]:
+        assert target.pid is not None
+        memory = results["memory_mib"][target.name] = memory_mib(target.pid)
+        print(f"  {target.name}: peak RSS {memory.get('VmHWM', '?')} MiB, now {memory.get('VmRSS', '?')} MiB")
+
+    if args.profile:
+        print(f"\n[5] py-spy profile of the gateway at concurrency 16, {args.profile:g} s")
+        lines = profile_gateway(targets[1], args.profile, loadgen, workdir / "profile.txt")
+        results["profile"] = lines
+        print("\n".join(f"  {x}" for x in lines))
+
+    print("\ntargets: added p50 <= 1 ms at concurrency 1; >= 2,000 RPS on one worker")
+    for name in gateways:
+        add = results["latency_c1"][name]["added"]["p50_ms"]
+        best = max(row[name]["rps"] for row in throughput.values())
+        print(
+            f"  {name}: added p50 {add:.3f} ms ({'met' if add <= 1.0 else 'NOT met'}); "
+            f"best {best:,.0f} RPS ({'met' if best >= 2000 else 'NOT met'})"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds at concurrency 1 (default 10)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per target per round (default 300)")
+    parser.add_argument("--stream-requests", type=int, default=100, help="streamed requests per round (default 100)")
+    parser.add_argument("--concurrency", default="16,64", help="load levels, comma-separated (default 16,64)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each load run (default 1)")
+    parser.add_argument(
+        "--load-rounds", type=int, default=2, help="interleaved load runs per target and level (default 2)"
+    )
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "python", "aiohttp"), default="auto", help="default: wrk if on PATH"
+    )
+    parser.add_argument("--no-pin", action="store_true", help="leave process placement to the scheduler")
+    parser.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy the gateway under load")
+    parser.add_argument(
+        "--engine", metavar="DIR|CMD", help="checkout directory or `engine` command (default: this one)"
+    )
+    parser.add_argument(
+        "--compare-engine", metavar="DIR|CMD", help="a second gateway, interleaved with the first (A/B in one run)"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--time-limit", type=float, default=300, help="hard stop in seconds (default 300)")
+    args = parser.parse_args(argv)
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeLimit(f"the run exceeded --time-limit {args.time_limit:g} s")
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, args.time_limit)
+    procs = Processes()
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="engine-bench-") as workdir:
+            try:
+                results = run(args, Path(workdir), procs)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)  # the clean-up itself must not be interrupted
+                procs.stop_all()
+    except TimeLimit as exc:
+        print(f"\nstopped: {exc}; all processes stopped", file=sys.stderr)
+        return 2
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    print(f"\nwhole run {results['wall_seconds']:.0f} s; all processes stopped")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
