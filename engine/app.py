@@ -15,7 +15,6 @@ from litestar import Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
-from engine.auth import authenticate
 from engine.errors import GatewayError
 from engine.gateway import Gateway
 from engine.operations import operation_for
@@ -27,12 +26,11 @@ log = logging.getLogger("engine.app")
 
 def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
     operation = operation_for(spec.operation)
-    prefix = gw.specs.routes.gateway.key_prefix
     needs_key = spec.auth == "gateway_key"
 
     async def handle(request: Request[Any, Any, Any]) -> Response[Any]:
         timer = Timer(time.perf_counter())
-        key = authenticate(request.headers.get("authorization"), gw.store, prefix) if needs_key else None
+        key = gw.authenticate(request.headers.get("authorization")) if needs_key else None
         return await operation(gw, request, key, timer)
 
     handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
 from engine.metering import Meter
 from engine.sanitize import Sanitizer
@@ -32,6 +33,7 @@ class Gateway:
     client: httpx.AsyncClient
     sanitizers: dict[str, Sanitizer]
     strip_fields: frozenset[str]
+    authenticate: Authenticator
 
     @classmethod
     def build(
@@ -58,6 +60,7 @@ class Gateway:
             client=make_client(transport),
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
+            authenticate=Authenticator(store, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
         )
 
     async def startup(self) -> None:

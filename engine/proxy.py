@@ -8,6 +8,7 @@ shape, either as one JSON body or relayed event by event. Diagnostic headers go 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -64,14 +65,26 @@ class Timer:
         return f"{(time.perf_counter() - self.started - self.upstream) * 1000:.3f}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(url: str) -> httpx.URL:
+    return httpx.URL(url)  # a handful of distinct URLs per provider: parse each once
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(read: float, connect: float) -> dict[str, float]:
+    return httpx.Timeout(read, connect=connect).as_dict()
+
+
 async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
+    """The request exactly as lowered: no client-level default headers are merged in, so what
+    `engine lower` and the snapshots show is what the provider receives."""
     timeouts = upstream.candidate.provider.spec.timeouts
-    request = gw.client.build_request(
+    request = httpx.Request(
         upstream.method,
-        upstream.url,
+        _parsed_url(upstream.url),
         headers=upstream.headers,
         content=_encode(upstream.body),
-        timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect),
+        extensions={"timeout": _timeout(timeouts.read, timeouts.connect)},
     )
     provider = upstream.candidate.provider.id
     try:

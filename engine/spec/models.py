@@ -74,6 +74,12 @@ class Gateway(Strict):
     name: str = Field(description="Deployment name: `owned_by` fallback and the OpenCode provider id.")
     key_prefix: str = Field(pattern=r"^[a-z][a-z0-9]*-$", description="Prefix of every gateway key.")
     max_body_mb: int = Field(default=32, ge=1, description="Largest request body accepted, in MiB.")
+    key_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a verified gateway key is trusted without a database lookup (so also how long"
+        " a revoked key may keep working); 0 checks the database on every request.",
+    )
     meter_flush_seconds: float = Field(
         default=5.0, gt=0, description="How often metered usage is folded into the database."
     )
