@@ -106,7 +106,8 @@ def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
         shutil.copy(extra, specs / "providers" / extra.name)
     routes = (specs / "routes.toml").read_text()  # meter quickly, so tests can read usage back
-    (specs / "routes.toml").write_text(routes.replace("[gateway]\n", "[gateway]\nmeter_flush_seconds = 0.2\n", 1))
+    assert "meter_flush_seconds = 5.0" in routes
+    (specs / "routes.toml").write_text(routes.replace("meter_flush_seconds = 5.0", "meter_flush_seconds = 0.2"))
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     env |= {"ENGINE_SPECS": str(specs), "ENGINE_DB": str(tmp / "engine.sqlite3"), **provider_env}
     key = (
