@@ -176,44 +176,36 @@ class Catalog:
 def check_capabilities(request: dict[str, Any], candidate: Candidate) -> None:
     """Refuse, before any upstream call, a request that needs what the model's row says it lacks."""
     row, model = candidate.row, candidate.public_id
-    if request.get("tools") and not row.tools:
-        raise GatewayError(
-            400,
-            f"The model `{model}` does not support tools; remove `tools` or pick a model that does.",
-            param="tools",
-            code="unsupported_parameter",
-        )
-    if request.get("stream") and not row.streaming:
-        raise GatewayError(
-            400,
-            f"The model `{model}` does not support streaming; send `stream: false`.",
-            param="stream",
-            code="unsupported_parameter",
-        )
-    if request.get("reasoning_effort") not in (None, "none") and not row.reasoning:
-        raise GatewayError(
-            400,
-            f"The model `{model}` is not a reasoning model; remove `reasoning_effort`.",
-            param="reasoning_effort",
-            code="unsupported_parameter",
-        )
     response_format = request.get("response_format")
-    wants_schema = isinstance(response_format, dict) and response_format.get("type") == "json_schema"
-    if wants_schema and not row.structured_output:
-        raise GatewayError(
-            400,
-            f"The model `{model}` does not support `response_format` of type `json_schema`;"
-            " use `json_object` or another model.",
-            param="response_format",
-            code="unsupported_parameter",
-        )
-    if "image" not in row.modalities.input and _has_part(request, "image_url"):
-        raise GatewayError(
-            400,
-            f"The model `{model}` does not accept image input; remove the `image_url` parts.",
-            param="messages",
-            code="unsupported_parameter",
-        )
+    lacks = [
+        (request.get("tools") and not row.tools, "tools", "does not support tools; remove `tools`"),
+        (request.get("stream") and not row.streaming, "stream", "does not support streaming; send `stream: false`"),
+        (
+            request.get("reasoning_effort") not in (None, "none") and not row.reasoning,
+            "reasoning_effort",
+            "is not a reasoning model; remove `reasoning_effort`",
+        ),
+        (
+            isinstance(response_format, dict)
+            and response_format.get("type") == "json_schema"
+            and not row.structured_output,
+            "response_format",
+            "does not support `response_format` of type `json_schema`; use `json_object`",
+        ),
+        (
+            "image" not in row.modalities.input and _has_part(request, "image_url"),
+            "messages",
+            "does not accept image input; remove the `image_url` parts",
+        ),
+    ]
+    for missing, param, what in lacks:
+        if missing:
+            raise GatewayError(
+                400,
+                f"The model `{model}` {what}, or pick a model that has it.",
+                param=param,
+                code="unsupported_parameter",
+            )
 
 
 def _has_part(request: dict[str, Any], part_type: str) -> bool:

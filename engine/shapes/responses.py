@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -353,6 +354,52 @@ def _error_frame(error: GatewayError, sequence: int) -> bytes:
     return frame(_encode(data), "error")
 
 
+@dataclass(frozen=True)
+class _TextItem:
+    """How one kind of streamed text item (a message, a reasoning summary) is named on the Responses wire."""
+
+    id_prefix: str
+    parts: str  # the item's list of parts
+    part_index: str  # the field that indexes into it
+    part: JSON  # an empty part
+    part_added: str
+    text_delta: str
+    text_done: str
+    part_done: str
+    extra: JSON  # fields the message events carry and the reasoning ones do not
+
+    def new(self, item_id: str) -> JSON:
+        item = _message_item(item_id, "", "in_progress") if self.parts == "content" else _reasoning_item(item_id, "")
+        item[self.parts] = [{**self.part, "text": "", **self.extra}]
+        return item
+
+
+_TEXT_ITEMS = {
+    "message": _TextItem(
+        "msg",
+        "content",
+        "content_index",
+        {"type": "output_text", "text": "", "annotations": []},
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        {"logprobs": []},
+    ),
+    "reasoning": _TextItem(
+        "rs",
+        "summary",
+        "summary_index",
+        {"type": "summary_text", "text": ""},
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        {},
+    ),
+}
+
+
 class _EventWriter:
     """Chat chunks → Responses stream events, with sequence numbers and the item lifecycle
     (`output_item.added` … deltas … `.done`) that Responses clients track."""
@@ -391,107 +438,35 @@ class _EventWriter:
         item, self.open = self.open, None
         if item is None:
             return []
+        kind = _TEXT_ITEMS[item["type"]]
         index = self.builder.output.index(item)
-        if item["type"] == "message":
-            text = item["content"][0]["text"] if item["content"] else ""
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        text = item[kind.parts][0]["text"]
+        if "status" in item:
             item["status"] = "completed"
-            return [
-                self.emit(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                    logprobs=[],
-                ),
-                self.emit(
-                    "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
-                ),
-                self.emit("response.output_item.done", output_index=index, item=item),
-            ]
-        text = item["summary"][0]["text"] if item["summary"] else ""
+        where = {"item_id": item["id"], "output_index": index, kind.part_index: 0}
         return [
-            self.emit(
-                "response.reasoning_summary_text.done",
-                item_id=item["id"],
-                output_index=index,
-                summary_index=0,
-                text=text,
-            ),
-            self.emit(
-                "response.reasoning_summary_part.done",
-                item_id=item["id"],
-                output_index=index,
-                summary_index=0,
-                part={"type": "summary_text", "text": text},
-            ),
+            self.emit(kind.text_done, **where, text=text, **kind.extra),
+            self.emit(kind.part_done, **where, part={**kind.part, "text": text, **kind.extra}),
             self.emit("response.output_item.done", output_index=index, item=item),
         ]
 
-    def _text(self, delta: str) -> list[bytes]:
+    def _delta(self, item_type: str, delta: str) -> list[bytes]:
+        """Append text to the open message or reasoning item, opening one (and closing any other) first."""
+        kind = _TEXT_ITEMS[item_type]
         out: list[bytes] = []
-        if self.open is None or self.open["type"] != "message":
+        if self.open is None or self.open["type"] != item_type:
             out += self._close_open()
-            item = _message_item(self._item_id("msg"), "", "in_progress")
-            item["content"] = [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]
+            item = kind.new(self._item_id(kind.id_prefix))
             self.builder.output.append(item)
             self.open = item
             index = self._index() - 1
-            out.append(self.emit("response.output_item.added", output_index=index, item={**item, "content": []}))
-            out.append(
-                self.emit(
-                    "response.content_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part={"type": "output_text", "text": "", "annotations": []},
-                )
-            )
+            out.append(self.emit("response.output_item.added", output_index=index, item={**item, kind.parts: []}))
+            where = {"item_id": item["id"], "output_index": index, kind.part_index: 0}
+            out.append(self.emit(kind.part_added, **where, part=dict(kind.part)))
         item = self.open
-        item["content"][0]["text"] += delta
-        out.append(
-            self.emit(
-                "response.output_text.delta",
-                item_id=item["id"],
-                output_index=self.builder.output.index(item),
-                content_index=0,
-                delta=delta,
-                logprobs=[],
-            )
-        )
-        return out
-
-    def _reasoning(self, delta: str) -> list[bytes]:
-        out: list[bytes] = []
-        if self.open is None or self.open["type"] != "reasoning":
-            out += self._close_open()
-            item = _reasoning_item(self._item_id("rs"), "")
-            item["summary"] = [{"type": "summary_text", "text": ""}]
-            self.builder.output.append(item)
-            self.open = item
-            index = self._index() - 1
-            out.append(self.emit("response.output_item.added", output_index=index, item={**item, "summary": []}))
-            out.append(
-                self.emit(
-                    "response.reasoning_summary_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    summary_index=0,
-                    part={"type": "summary_text", "text": ""},
-                )
-            )
-        item = self.open
-        item["summary"][0]["text"] += delta
-        out.append(
-            self.emit(
-                "response.reasoning_summary_text.delta",
-                item_id=item["id"],
-                output_index=self.builder.output.index(item),
-                summary_index=0,
-                delta=delta,
-            )
-        )
+        item[kind.parts][0]["text"] += delta
+        where = {"item_id": item["id"], "output_index": self.builder.output.index(item), kind.part_index: 0}
+        out.append(self.emit(kind.text_delta, **where, delta=delta, **kind.extra))
         return out
 
     def _tool_call(self, fragment: JSON) -> list[bytes]:
@@ -526,9 +501,9 @@ class _EventWriter:
             delta = choice.get("delta") or {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
-                out += self._reasoning(reasoning)
+                out += self._delta("reasoning", reasoning)
             if isinstance(delta.get("content"), str) and delta["content"]:
-                out += self._text(delta["content"])
+                out += self._delta("message", delta["content"])
             for fragment in delta.get("tool_calls") or ():
                 out += self._tool_call(fragment)
             if choice.get("finish_reason"):

@@ -239,6 +239,26 @@ def _error_of_response(response: dict[str, Any]) -> UpstreamError:
     )
 
 
+async def _events_until_failure(events: AsyncIterator[Event]) -> AsyncIterator[tuple[str | None, JSON | UpstreamError]]:
+    """Decoded Responses events as (type, data); an `error` or `response.failed` event ends the stream as
+    its normalized UpstreamError."""
+    async for event in events:
+        try:
+            data = _decode(event.data)
+        except msgspec.DecodeError:
+            raise StreamBroken("upstream sent an event that is not JSON") from None
+        if not isinstance(data, dict):
+            continue
+        kind = data.get("type") or event.event
+        if kind == "error":
+            yield kind, error_from_doc(data)
+            return
+        if kind == "response.failed":
+            yield kind, _error_of_response(data.get("response") or {})
+            return
+        yield kind, data
+
+
 class OpenAIResponsesWire:
     name = "openai_responses"
     shape = "responses"
@@ -339,19 +359,9 @@ class OpenAIResponsesWire:
 
     async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
         state = _ChunkState(call)
-        async for event in events:
-            try:
-                data = _decode(event.data)
-            except msgspec.DecodeError:
-                raise StreamBroken("upstream sent an event that is not JSON") from None
-            if not isinstance(data, dict):
-                continue
-            kind = data.get("type") or event.event
-            if kind == "error":
-                yield error_from_doc(data)
-                return
-            if kind == "response.failed":
-                yield _error_of_response(data.get("response") or {})
+        async for kind, data in _events_until_failure(events):
+            if isinstance(data, UpstreamError):
+                yield data
                 return
             for chunk in state.on(kind, data):
                 yield chunk
@@ -488,23 +498,13 @@ class ResponsesPassthrough:
         return doc
 
     async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
-        async for event in events:
-            try:
-                data = _decode(event.data)
-            except msgspec.DecodeError:
-                raise StreamBroken("upstream sent an event that is not JSON") from None
-            kind = data.get("type") if isinstance(data, dict) else None
-            if kind == "error":
-                yield error_from_doc(data)
-                return
-            if kind == "response.failed":
-                yield _error_of_response(data.get("response") or {})
+        async for kind, data in _events_until_failure(events):
+            yield data
+            if isinstance(data, UpstreamError):
                 return
             if kind in ("response.completed", "response.incomplete"):
                 call.usage = usage_from_responses((data.get("response") or {}).get("usage"))
-                yield data
                 return
-            yield data
         raise StreamBroken("upstream stream ended before response.completed")
 
     def error_of(self, body: bytes) -> UpstreamError:
