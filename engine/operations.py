@@ -19,7 +19,8 @@ from engine.proxy import Timer, proxy
 from engine.select import select_wire
 from engine.shapes.base import Renderer
 from engine.shapes.chat import CHAT
-from engine.shapes.responses import FromChatRenderer, NativeRenderer, capability_view, to_chat
+from engine.shapes.responses import FromChatRenderer, NativeRenderer
+from engine.shapes.responses_request import capability_view, to_chat
 from engine.store import KeyRecord
 from engine.validate import parse_json_object, validate_chat, validate_responses
 
