@@ -22,10 +22,11 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/engine serve --host 127.0.0.1 --port 8080
 
-## test: install, then lint, check the specs and run the whole test suite
+## test: install, then lint, type-check (mypy --strict), check the specs and run the whole test suite
 test: $(STAMP) $(AI_SDK)/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/engine check
 	$(VENV)/bin/pytest
 

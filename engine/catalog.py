@@ -18,7 +18,8 @@ from engine.mapping import CompiledMapping
 from engine.rules import Expression, compile_expression
 from engine.spec.loader import ERROR_NAMES, REQUEST_NAMES, Specs
 from engine.spec.models import ErrorRule, ModelRow, ProviderSpec
-from engine.wires import WIRES, Wire
+from engine.wires import WIRES
+from engine.wires.base import Wire
 
 
 @dataclass(frozen=True)

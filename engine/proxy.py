@@ -71,7 +71,7 @@ def _parsed_url(url: str) -> httpx.URL:
 
 
 @functools.lru_cache(maxsize=256)
-def _timeout(read: float, connect: float) -> dict[str, float]:
+def _timeout(read: float, connect: float) -> dict[str, float | None]:
     return httpx.Timeout(read, connect=connect).as_dict()
 
 
@@ -162,7 +162,7 @@ async def _proxy(
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
-    return response.headers.get("content-type", "").startswith("text/event-stream")
+    return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
 async def _read(response: httpx.Response) -> bytes:

@@ -69,7 +69,8 @@ def _compile_ast(source: str, expr: nodes.Expr) -> Expression:
     expr.set_environment(_ENV)
     body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
     template = _ENV.from_string(nodes.Template(body, lineno=1))
-    outline = nodes.Template([nodes.Output([expr])]).set_environment(_ENV)
+    outline = nodes.Template([nodes.Output([expr])])
+    outline.set_environment(_ENV)
     names = frozenset(meta.find_undeclared_variables(outline))
     return Expression(source, names, TemplateExpression(template, True), expr)
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.catalog import Candidate
-from engine.wires import Wire
-from engine.wires.base import codec_for
+from engine.wires.base import Wire, codec_for
 
 # The API shape each operation's clients speak.
 CLIENT_SHAPES = {"chat.completions": "chat", "responses": "responses"}

@@ -151,7 +151,12 @@ class FromChatRenderer:
         for i, tool_call in enumerate(message.get("tool_calls") or ()):
             function = tool_call.get("function") or {}
             builder.output.append(
-                _call_item(f"fc_{suffix}_{i}", tool_call.get("id"), function.get("name"), function.get("arguments", ""))
+                _call_item(
+                    f"fc_{suffix}_{i}",
+                    str(tool_call.get("id") or ""),
+                    str(function.get("name") or ""),
+                    function.get("arguments", ""),
+                )
             )
         builder.finish(choice.get("finish_reason"))
         builder.usage = call.usage

@@ -101,10 +101,10 @@ def _expressions(spec: ProviderSpec | RoutesSpec) -> Iterator[tuple[str, str, fr
                 yield f"mappings[{i}].when", mapping.when, REQUEST_NAMES
             for field, source in mapping.compute.items():
                 yield f"mappings[{i}].compute.{field}", source, REQUEST_NAMES
-        for i, rule in enumerate(spec.wire_rules):
-            yield f"wire_rules[{i}].when", rule.when, REQUEST_NAMES
-    for i, rule in enumerate(spec.error_rules):
-        yield f"error_rules[{i}].when", rule.when, ERROR_NAMES
+        for i, wire_rule in enumerate(spec.wire_rules):
+            yield f"wire_rules[{i}].when", wire_rule.when, REQUEST_NAMES
+    for i, error_rule in enumerate(spec.error_rules):
+        yield f"error_rules[{i}].when", error_rule.when, ERROR_NAMES
 
 
 def _expression_problems(path: Path, spec: ProviderSpec | RoutesSpec) -> list[str]:

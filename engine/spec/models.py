@@ -213,8 +213,8 @@ Modality = Literal["text", "image", "audio", "video", "pdf"]
 
 
 class Modalities(Strict):
-    input: list[Modality] = Field(default_factory=lambda: ["text"])
-    output: list[Modality] = Field(default_factory=lambda: ["text"])
+    input: list[Modality] = Field(default_factory=lambda: list[Modality](["text"]))
+    output: list[Modality] = Field(default_factory=lambda: list[Modality](["text"]))
 
 
 class ModelRow(Strict):

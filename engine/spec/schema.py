@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from engine.spec.models import ProviderSpec, RoutesSpec
 
-PUBLISHED = {"routes.schema.json": RoutesSpec, "provider.schema.json": ProviderSpec}
+PUBLISHED: dict[str, type[BaseModel]] = {"routes.schema.json": RoutesSpec, "provider.schema.json": ProviderSpec}
 
 
 @cache

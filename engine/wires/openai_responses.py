@@ -434,9 +434,10 @@ class _ChunkState:
                 )
             ]
         if kind == "response.function_call_arguments.delta":
-            index = self._index(data)
-            if index is None:
+            found = self._index(data)
+            if found is None:
                 return []
+            index = found
             self.arguments[index] += data.get("delta", "")
             return [self.chunk({"tool_calls": [{"index": index, "function": {"arguments": data.get("delta", "")}}]})]
         if kind in ("response.function_call_arguments.done", "response.output_item.done"):
