@@ -168,10 +168,14 @@ class Catalog:
 
     def resolve(self, public_id: str) -> Candidate:
         """The preferred live candidate, or a 404 that does not reveal unconfigured providers."""
+        return self.resolve_all(public_id)[0]
+
+    def resolve_all(self, public_id: str) -> list[Candidate]:
+        """Every live candidate, preferred first (the fallback order), or the same 404."""
         candidates = self._live.get(public_id)
         if not candidates:
             raise model_not_found(public_id)
-        return candidates[0]
+        return candidates
 
 
 def check_capabilities(request: dict[str, Any], candidate: Candidate) -> None:

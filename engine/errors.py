@@ -47,6 +47,7 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        self.retryable = False  # set by the proxy: another provider may serve this request instead
 
     def payload(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -3,6 +3,7 @@ validate → resolve model → select wire → lower → proxy. Operations witho
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import msgspec
 from litestar import Request, Response
 
 from engine.catalog import Candidate, check_capabilities
-from engine.errors import invalid_request, model_not_found, not_implemented
+from engine.errors import GatewayError, invalid_request, model_not_found, not_implemented
 from engine.gateway import Gateway
 from engine.lower import UpstreamRequest, lower_request
 from engine.proxy import Timer, proxy
@@ -23,6 +24,8 @@ from engine.shapes.responses import FromChatRenderer, NativeRenderer
 from engine.shapes.responses_request import capability_view, to_chat
 from engine.store import KeyRecord
 from engine.validate import parse_json_object, validate_chat, validate_responses
+
+log = logging.getLogger("engine.operations")
 
 Operation = Callable[[Gateway, Request[Any, Any, Any], KeyRecord | None, Timer], Awaitable[Response[Any]]]
 
@@ -119,11 +122,30 @@ def proxied(spec: Proxied) -> Operation:
         assert key is not None  # engine check keeps proxied operations behind gateway keys
         body = parse_json_object(await request.body())
         spec.validate(body)
-        candidate = gw.catalog.resolve(body["model"])
-        upstream, renderer = spec.prepare(body, candidate, gw.strip_fields)
-        return await proxy(gw, upstream, key, timer, renderer)
+        candidates = gw.catalog.resolve_all(body["model"])[: gw.specs.routes.fallback.max_attempts]
+        failed: list[str] = []
+        for candidate in candidates:
+            upstream, renderer = spec.prepare(body, candidate, gw.strip_fields)
+            try:
+                response = await proxy(gw, upstream, key, timer, renderer)
+            except GatewayError as error:
+                if not error.retryable or candidate is candidates[-1]:
+                    _name_fallbacks(gw, error.headers, failed)
+                    raise
+                log.warning("%s failed with %s; falling back", candidate.provider.id, error.status)
+                failed.append(candidate.provider.id)
+                continue
+            _name_fallbacks(gw, response.headers, failed)
+            return response
+        raise AssertionError("unreachable: the last candidate returns or raises")
 
     return operation
+
+
+def _name_fallbacks(gw: Gateway, headers: Any, failed: list[str]) -> None:
+    name = gw.specs.routes.headers.fallback_from
+    if name and failed:
+        headers[name] = ",".join(failed)
 
 
 def unimplemented(name: str) -> Operation:

@@ -87,23 +87,35 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
         extensions={"timeout": _timeout(timeouts.read, timeouts.connect)},
     )
     provider = upstream.candidate.provider.id
+    policy = gw.specs.routes.fallback
     try:
         return await gw.client.send(request, stream=True)
-    except httpx.TimeoutException:
-        raise GatewayError(
-            504,
-            f"The upstream provider `{provider}` did not answer in time. Retry, or try again later.",
-            type="api_error",
-            code="upstream_timeout",
-        ) from None
-    except httpx.TransportError as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         log.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
-        raise GatewayError(
+        error = GatewayError(
             502,
             f"The gateway could not reach the upstream provider `{provider}`. Retry shortly.",
             type="api_error",
             code="upstream_unreachable",
-        ) from None
+        )
+        error.retryable = policy.on_unreachable
+    except httpx.TimeoutException:
+        error = GatewayError(
+            504,
+            f"The upstream provider `{provider}` did not answer in time. Retry, or try again later.",
+            type="api_error",
+            code="upstream_timeout",
+        )
+        error.retryable = policy.on_timeout
+    except httpx.TransportError as exc:  # the request went out, then the connection failed: no retry
+        log.warning("upstream %s failed: %s", provider, type(exc).__name__)
+        error = GatewayError(
+            502,
+            f"The connection to the upstream provider `{provider}` failed. Retry shortly.",
+            type="api_error",
+            code="upstream_unreachable",
+        )
+    raise error
 
 
 async def proxy(
@@ -132,6 +144,7 @@ async def _proxy(
         status = response.status_code if response.status_code >= 400 else 502
         error = sanitize(status, wire.error_of(raw))
         error.headers.update(_forwarded(gw, response))
+        error.retryable = response.status_code in gw.specs.routes.fallback.on_status
         gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
         raise error
 

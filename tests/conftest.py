@@ -58,6 +58,8 @@ def gateway(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         "NOWHERE_API_KEY": "sk-nowhere-000000",
         "GROQ_API_KEY": "gsk-test-000000000000",
         "GROQ_BASE_URL": fake.url,
+        "OPENROUTER_API_KEY": "sk-or-test-000000000000",
+        "OPENROUTER_BASE_URL": fake.url,
     }
     with run_gateway(tmp_path_factory.mktemp("gateway"), env) as running:
         yield running

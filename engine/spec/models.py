@@ -89,6 +89,11 @@ class DiagnosticHeaders(Strict):
     public_model: str = Field(pattern=r"^[a-z0-9-]+$")
     upstream_provider: str = Field(pattern=r"^[a-z0-9-]+$")
     upstream_model: str = Field(pattern=r"^[a-z0-9-]+$")
+    fallback_from: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+$",
+        description="When set, an answer served after a fallback names the providers that failed first.",
+    )
     overhead: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9-]+$",
@@ -113,6 +118,26 @@ class Sanitize(Strict):
     )
 
 
+class Fallback(Strict):
+    """When the preferred provider of a public model fails before anything reached the client, the next
+    live provider serving the same public ID (by `provider.priority`) is tried."""
+
+    max_attempts: int = Field(default=2, ge=1, description="Providers tried per request, the first included.")
+    on_status: list[int] = Field(
+        default_factory=lambda: [429, 500, 502, 503, 504],
+        description="Upstream HTTP statuses that move on to the next provider.",
+    )
+    on_unreachable: bool = Field(
+        default=True,
+        description="Move on when the upstream refuses or drops the connection before the request was sent.",
+    )
+    on_timeout: bool = Field(
+        default=False,
+        description="Move on when the upstream accepted the request but did not answer in time. Off by default:"
+        " that provider may have done, and billed, the work.",
+    )
+
+
 class Route(Strict):
     method: Literal["GET", "POST"]
     path: str = Field(pattern=r"^/", description="Litestar path; `{model:path}` captures IDs with slashes.")
@@ -127,6 +152,7 @@ class RoutesSpec(Strict):
     error_rules: list[ErrorRule] = Field(
         default_factory=list, description="Applied after each provider's own rules; first match wins."
     )
+    fallback: Fallback = Fallback()
     routes: list[Route] = Field(min_length=1)
 
 
