@@ -123,21 +123,29 @@ def proxied(spec: Proxied) -> Operation:
         body = parse_json_object(await request.body())
         spec.validate(body)
         candidates = gw.catalog.resolve_all(body["model"])[: gw.specs.routes.fallback.max_attempts]
-        failed: list[str] = []
+        failed: list[GatewayError] = []
+        tried: list[str] = []
         for candidate in candidates:
-            upstream, renderer = spec.prepare(body, candidate, gw.strip_fields)
+            try:
+                upstream, renderer = spec.prepare(body, candidate, gw.strip_fields)
+            except GatewayError:
+                if not failed:
+                    raise  # the preferred provider's own refusal (a capability, say) is the answer
+                continue  # a fallback that cannot serve this request is skipped
             try:
                 response = await proxy(gw, upstream, key, timer, renderer)
             except GatewayError as error:
-                if not error.retryable or candidate is candidates[-1]:
-                    _name_fallbacks(gw, error.headers, failed)
+                if not error.retryable:
+                    _name_fallbacks(gw, error.headers, tried)
                     raise
-                log.warning("%s failed with %s; falling back", candidate.provider.id, error.status)
-                failed.append(candidate.provider.id)
+                log.warning("%s answered %s; trying the next provider", candidate.provider.id, error.status)
+                failed.append(error)
+                tried.append(candidate.provider.id)
                 continue
-            _name_fallbacks(gw, response.headers, failed)
+            _name_fallbacks(gw, response.headers, tried)
             return response
-        raise AssertionError("unreachable: the last candidate returns or raises")
+        _name_fallbacks(gw, failed[-1].headers, tried[:-1])
+        raise failed[-1]
 
     return operation
 

@@ -60,6 +60,8 @@ def gateway(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         "GROQ_BASE_URL": fake.url,
         "OPENROUTER_API_KEY": "sk-or-test-000000000000",
         "OPENROUTER_BASE_URL": fake.url,
+        "UNDERSTUDY_API_KEY": "sk-understudy-000000",
+        "UNDERSTUDY_BASE_URL": fake.url,
     }
     with run_gateway(tmp_path_factory.mktemp("gateway"), env) as running:
         yield running

@@ -65,3 +65,19 @@ def test_a_model_with_one_provider_has_nothing_to_fall_back_to(http: httpx.Clien
     assert response.status_code == 503
     assert "x-compose-fallback-from" not in response.headers
     assert len(upstream.requests()) == 1
+
+
+def test_a_fallback_that_cannot_serve_the_request_is_skipped(http: httpx.Client, upstream: Any) -> None:
+    """`understudy` (tests/fixtures) also serves openai/gpt-5.4, but without tools."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    upstream.script(overloaded())
+    response = http.post(CHAT, json=BODY | {"model": "openai/gpt-5.4", "tools": tools})
+    assert response.status_code == 503, "the preferred provider's answer, not the understudy's 400"
+    assert response.headers["x-compose-upstream-provider"] == "openai"
+    assert len(upstream.requests()) == 1
+
+    upstream.reset()
+    upstream.script(overloaded())
+    response = http.post(CHAT, json=BODY | {"model": "openai/gpt-5.4"})
+    assert response.status_code == 200
+    assert response.headers["x-compose-upstream-provider"] == "understudy"
