@@ -3,7 +3,9 @@ all built once at start-up. Request handlers only read it."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ class Gateway:
     sanitizers: dict[str, Sanitizer]
     strip_fields: frozenset[str]
     authenticate: Authenticator
+    forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
 
     @classmethod
     def build(
@@ -60,6 +63,9 @@ class Gateway:
             client=make_client(transport),
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
+            forward_headers=re.compile(
+                "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
+            ),
             authenticate=Authenticator(store, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
         )
 

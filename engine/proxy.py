@@ -7,7 +7,6 @@ shape, either as one JSON body or relayed event by event. Diagnostic headers go 
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import logging
 import time
@@ -44,8 +43,9 @@ def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest) -> dict[str, str]
 
 
 def _forwarded(gw: Gateway, response: httpx.Response) -> dict[str, str]:
-    patterns = gw.specs.routes.sanitize.forward_headers
-    return {k: v for k, v in response.headers.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+    """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error."""
+    wanted = gw.forward_headers.fullmatch
+    return {k: v for k, v in response.headers.items() if wanted(k)}
 
 
 def _strip(gw: Gateway, doc: Any) -> Any:
@@ -148,6 +148,7 @@ async def _proxy(
         gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
         raise error
 
+    headers.update(_forwarded(gw, response))
     if call.stream:
         timer.upstream += time.perf_counter() - began
         relay = _relay(gw, upstream, key, response, renderer, sanitize)

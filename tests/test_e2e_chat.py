@@ -172,3 +172,15 @@ def test_usage_is_metered_per_key_with_cost(gateway: Any, upstream: Any) -> None
     requests, tokens, cost = row.split()[-3:]
     assert (requests, tokens) == ("2", "38"), row  # 2 x (12 prompt + 7 completion), the stream's usage included
     assert float(cost) == pytest.approx(2 * (12 * 2.00 + 7 * 8.00) / 1e6, abs=1e-6)
+
+
+def test_upstream_rate_limit_headers_reach_the_client_on_success(http: Any, upstream: Any) -> None:
+    upstream.script(
+        {
+            "json": {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4.1", "choices": []},
+            "headers": {"x-ratelimit-remaining-tokens": "9000", "openai-organization": "org-secret"},
+        }
+    )
+    response = http.post("/external/v1/chat/completions", json={"model": "openai/gpt-4.1", "messages": HELLO})
+    assert response.headers["x-ratelimit-remaining-tokens"] == "9000"
+    assert "openai-organization" not in response.headers, "only routes.toml's forward_headers pass"
