@@ -10,7 +10,8 @@ a few microseconds per request, so what is measured is the server, not the clien
   not installed (`--client raw`, asyncio streams on uvloop), or the aiohttp client for comparison
   (`--client aiohttp`). It prints one JSON object on stdout.
 
-Only what these benchmarks need is supported: loopback, keep-alive, `content-length` or chunked bodies.
+Only what these benchmarks need is supported: loopback, keep-alive, `content-length` or chunked bodies
+(no trailers).
 """
 
 from __future__ import annotations
@@ -155,6 +156,21 @@ class LoadResult:
         return json.dumps(self.__dict__)
 
 
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
+    """Consume one response body: `content-length` (JSON answers) or chunked (event streams, for the soak)."""
+    length = headers.get("content-length")
+    if length is not None:
+        await reader.readexactly(int(length))
+        return
+    if headers.get("transfer-encoding", "").lower() != "chunked":
+        raise ValueError(f"unsupported response framing: {headers}")
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+        await reader.readexactly(size + 2)  # the chunk and its CRLF; after the last (size 0), the empty line
+        if size == 0:
+            return
+
+
 async def _raw_worker(
     host: str, port: int, payload: bytes, stop_at: float, record_from: float, latencies: list[float]
 ) -> int:
@@ -169,10 +185,7 @@ async def _raw_worker(
             while (now := time.perf_counter()) < stop_at:
                 writer.write(payload)
                 status, headers = _parse_head((await reader.readuntil(_HEADER_END))[:-4])
-                length = headers.get("content-length")
-                if length is None:
-                    raise ValueError("the raw load client needs content-length responses")
-                await reader.readexactly(int(length))
+                await _read_body(reader, headers)
                 if now >= record_from:
                     if status == 200:
                         latencies.append(time.perf_counter() - now)

@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --duration 10    # longer load runs
     .venv/bin/python bench/run.py --profile 10     # also sample the gateway with py-spy under load
     .venv/bin/python bench/run.py --compare-engine /tmp/base  # A/B against another checkout, in one run
+    .venv/bin/python bench/run.py --soak 120 --only-soak      # leaks and degradation under sustained load
 
 What it does, and why this way (the method is the one in /work/shared/field-notes.md):
 
@@ -25,7 +26,12 @@ What it does, and why this way (the method is the one in /work/shared/field-note
    has in production, and the generator cannot steal it. `--no-pin` leaves placement to the scheduler.
 5. Streaming: added time to first token (the first `data:` event) at concurrency 1, interleaved the same way.
 6. Peak RSS of the gateway process (VmHWM from /proc).
-7. Every process is stopped in `finally`; a hard `--time-limit` ends a hung run.
+7. Optional `--soak SECONDS`: concurrency 16 for that long, alternating non-streaming and streaming windows,
+   sampling RSS (VmRSS), open fds and RPS between windows: RSS growing with the request count is a leak, CPU
+   per request rising is degradation. Then clients hang up mid-stream a few hundred times; the gateway must
+   cut its upstream streams and return to its baseline fds and upstream connections. This is what catches
+   the leaks and worker recycling peers are known for (field notes, item 7).
+8. Every process is stopped in `finally`; a hard `--time-limit` ends a hung run.
 
 `--compare-engine DIR|CMD` starts a second gateway (another checkout's directory, or any `engine` command
 line) and interleaves it with the first, so that an A/B difference is not machine drift between two runs.
@@ -35,8 +41,10 @@ Loopback only: every address is 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import glob
+import http.client
 import json
 import os
 import shlex
@@ -280,22 +288,24 @@ class LoadGenerator:
         client = "raw" if self.kind == "python" else "aiohttp"
         return f"Python: bench/loadgen.py --client {client} in its own process (wrk not used)"
 
-    def run(self, target: Target, concurrency: int, seconds: float) -> Load:
+    def run(self, target: Target, concurrency: int, seconds: float, stream: bool = False) -> Load:
+        """One run; `stream` asks for SSE answers, read to their end (the soak alternates both kinds)."""
         cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
         load = (
-            self._wrk(target, concurrency, seconds)
+            self._wrk(target, concurrency, seconds, stream)
             if self.kind == "wrk"
-            else self._python(target, concurrency, seconds)
+            else self._python(target, concurrency, seconds, stream)
         )
         if target.pid and load.requests:
             load.cpu_ms_per_request = (cpu_seconds(target.pid) - cpu_before) * 1000 / load.requests
         return load
 
-    def _wrk(self, target: Target, concurrency: int, seconds: float) -> Load:
-        script = self.workdir / f"{target.name}.lua"
+    def _wrk(self, target: Target, concurrency: int, seconds: float, stream: bool) -> Load:
+        script = self.workdir / f"{target.name}{'-stream' if stream else ''}.lua"
         if not script.exists():
             headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
-            script.write_text(WRK_SCRIPT.format(body=request_body(target.model).decode(), headers=headers))
+            body = request_body(target.model, stream).decode()
+            script.write_text(WRK_SCRIPT.format(body=body, headers=headers))
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), target.url]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
         line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
@@ -310,9 +320,9 @@ class LoadGenerator:
             requests=found["requests"],
         )
 
-    def _python(self, target: Target, concurrency: int, seconds: float) -> Load:
-        body_file = self.workdir / f"{target.name}.json"
-        body_file.write_bytes(request_body(target.model))
+    def _python(self, target: Target, concurrency: int, seconds: float, stream: bool) -> Load:
+        body_file = self.workdir / f"{target.name}{'-stream' if stream else ''}.json"
+        body_file.write_bytes(request_body(target.model, stream))
         argv = [sys.executable, str(Path(__file__).with_name("loadgen.py")), target.url, "--body-file", str(body_file)]
         argv += [f"--header={k}: {v}" for k, v in target.headers.items()]
         argv += ["--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "0"]
@@ -378,6 +388,328 @@ def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out:
     lines += ["inclusive time of engine/ frames:"]
     lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(20)]
     return lines
+
+
+# ------------------------------------------------------------------------------------------------- soak
+
+SOAK_CONCURRENCY = 16
+LEAK_MIB_PER_100K = 20.0  # RSS growth above this, per 100k requests, is reported as a suspected leak
+CPU_DRIFT = 0.25  # CPU per request rising more than this (first to last window of a kind): suspected degradation
+DISCONNECT_ROUNDS, DISCONNECTS_PER_ROUND, DISCONNECTS_AT_ONCE = 3, 200, 16
+SLOW_EVENTS, SLOW_EVENT_DELAY = 200, 0.05  # a scripted stream lasts 10 s unless the gateway hangs up on it
+FD_SLACK = 2  # fds above the baseline still counted as "back down" (e.g. a pool connection opened meanwhile)
+LEAK_KIB_PER_DISCONNECT = 4.0  # RSS growth per disconnect, after the first round, reported as a suspected leak
+
+
+def open_fds(pid: int) -> int:
+    """The process's open file descriptors: listening and client sockets, upstream connections, the database."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def upstream_connections(pid: int, port: int) -> int:
+    """TCP sockets held by `pid` whose remote port is `port`: the gateway's connections to the fake.
+
+    The fd count alone cannot say which side a socket faces; this joins the socket inodes in /proc/<pid>/fd
+    with /proc/net/tcp{,6}. A connection the gateway forgot to close stays here (e.g. in CLOSE_WAIT).
+    """
+    inodes: set[str] = set()
+    with os.scandir(f"/proc/{pid}/fd") as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                link = os.readlink(entry.path)
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            next(rows)  # the column names
+            for row in rows:
+                columns = row.split()
+                if int(columns[2].rpartition(":")[2], 16) == port and columns[9] in inodes:
+                    count += 1
+    return count
+
+
+def rss_mib(pid: int) -> float:
+    return memory_mib(pid).get("VmRSS", float("nan"))
+
+
+@dataclass
+class SoakSample:
+    """The gateway's state after one load window (or, for the first, after the warm-up)."""
+
+    elapsed: float  # seconds since the soak's clock started
+    kind: str  # "json", "stream", or "start" for the baseline
+    rss_mib: float
+    fds: int
+    upstream: int  # open connections to the fake
+    requests: int = 0
+    rps: float = 0.0
+    errors: int = 0
+    cpu_ms_per_request: float | None = None
+
+
+def percent(before: float, after: float) -> float:
+    return (after - before) / before * 100 if before else float("nan")
+
+
+def soak_phase(target: Target, loadgen: LoadGenerator, seconds: float, window: float, fake_port: int) -> dict[str, Any]:
+    """Sustained concurrency 16 for `seconds`, alternating non-streaming and streaming windows of ~`window` s.
+
+    Consecutive load-generator runs rather than one long run: each run ends with a figure for its window, and
+    the gateway is sampled between runs, so RSS, fds and RPS line up. A leak shows as RSS growing with the
+    request count; degradation as RPS falling and CPU per request rising between windows of the same kind.
+    Python's allocator rarely returns memory to the OS, so the baseline is taken after a warm-up of each kind.
+    """
+    pid = target.pid
+    assert pid is not None
+    warmup = min(window, 5.0)
+    for stream in (False, True):
+        loadgen.run(target, SOAK_CONCURRENCY, warmup, stream)
+    count = max(2, round(seconds / window))
+    length = seconds / count
+
+    def sample(elapsed: float, kind: str, load: Load | None = None) -> SoakSample:
+        time.sleep(0.2)  # let the gateway close the generator's connections: fds then count what it keeps
+        found = SoakSample(elapsed, kind, rss_mib(pid), open_fds(pid), upstream_connections(pid, fake_port))
+        if load is not None:
+            found.requests, found.rps, found.errors = load.requests, load.rps, load.errors
+            found.cpu_ms_per_request = load.cpu_ms_per_request
+        line = f"  {found.elapsed:5.0f} s  {kind:<7} {found.rss_mib:7.1f} {found.fds:5d} {found.upstream:8d}"
+        if load is not None:
+            cpu = f"{found.cpu_ms_per_request:.3f}" if found.cpu_ms_per_request is not None else "?"
+            line += f" {found.requests:9,d} {found.rps:8,.0f} {cpu:>10} {found.errors:6d}"
+        print(line, flush=True)
+        return found
+
+    print(f"  warm-up: {warmup:g} s non-streaming + {warmup:g} s streaming, not counted")
+    print("  elapsed  kind    RSS MiB   fds upstream  requests      RPS CPU ms/req errors")
+    started = time.monotonic()
+    samples = [sample(0.0, "start")]
+    for number in range(count):
+        stream = number % 2 == 1
+        load = loadgen.run(target, SOAK_CONCURRENCY, length, stream)
+        samples.append(sample(time.monotonic() - started, "stream" if stream else "json", load))
+    return summarize_soak(samples, memory_mib(pid).get("VmHWM"))
+
+
+def summarize_soak(samples: list[SoakSample], peak: float | None) -> dict[str, Any]:
+    """Print and return the soak's verdict: RSS growth per 100k requests, and drift per kind of request."""
+    first, last, windows = samples[0], samples[-1], samples[1:]
+    requests = sum(s.requests for s in windows)
+    growth = last.rss_mib - first.rss_mib
+    per_100k = growth / requests * 100_000 if requests else float("nan")
+    done = [0]
+    for s in windows:
+        done.append(done[-1] + s.requests)
+    # A second opinion on first-vs-last: the least-squares slope over every sample is less sensitive to where
+    # the allocator happened to be at the two ends.
+    trend = statistics.linear_regression(done, [s.rss_mib for s in samples]).slope * 100_000 if requests else 0.0
+    leak = per_100k > LEAK_MIB_PER_100K
+    print(
+        f"  RSS {first.rss_mib:.1f} MiB after warm-up -> {last.rss_mib:.1f} MiB at the end: {growth:+.1f} MiB over"
+        f" {requests:,} requests = {per_100k:+.2f} MiB per 100k (threshold {LEAK_MIB_PER_100K:g}):"
+        f" {'SUSPECTED LEAK' if leak else 'no leak suspected'}"
+    )
+    print(f"  RSS trend (least squares over all samples): {trend:+.2f} MiB per 100k requests; peak RSS {peak} MiB")
+    found: dict[str, Any] = {
+        "samples": [s.__dict__ for s in samples],
+        "requests": requests,
+        "errors": sum(s.errors for s in windows),
+        "rss_first_mib": first.rss_mib,
+        "rss_last_mib": last.rss_mib,
+        "rss_growth_mib": round(growth, 1),
+        "rss_mib_per_100k_requests": round(per_100k, 3),
+        "rss_trend_mib_per_100k_requests": round(trend, 3),
+        "peak_rss_mib": peak,
+        "suspected_leak": leak,
+        "drift": {},
+    }
+    degraded = False
+    for kind in ("json", "stream"):
+        same = [s for s in windows if s.kind == kind]
+        if len(same) < 2:
+            continue
+        a, b = same[0], same[-1]
+        drift: dict[str, Any] = {"rps_first": round(a.rps, 1), "rps_last": round(b.rps, 1)}
+        drift["rps_pct"] = round(percent(a.rps, b.rps), 1)
+        line = f"  {kind:<6} first -> last window: RPS {a.rps:,.0f} -> {b.rps:,.0f} ({drift['rps_pct']:+.1f} %)"
+        if a.cpu_ms_per_request and b.cpu_ms_per_request:
+            drift["cpu_pct"] = round(percent(a.cpu_ms_per_request, b.cpu_ms_per_request), 1)
+            degraded |= drift["cpu_pct"] > CPU_DRIFT * 100
+            line += (
+                f", CPU {a.cpu_ms_per_request:.3f} -> {b.cpu_ms_per_request:.3f} ms/request ({drift['cpu_pct']:+.1f} %)"
+            )
+        found["drift"][kind] = drift
+        print(line)
+    found["suspected_degradation"] = degraded
+    if degraded:
+        print(f"  SUSPECTED DEGRADATION: CPU per request rose more than {CPU_DRIFT:.0%} over the soak")
+    if found["errors"]:
+        print(f"  ERRORS: {found['errors']} over the soak")
+    return found
+
+
+def fake_control(port: int, method: str, path: str, doc: Any = None) -> Any:
+    """Call the fake's control API (`/_fake/...`; see tests/fakes/openai_fake.py)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        body = json.dumps(doc).encode() if doc is not None else None
+        connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"fake {method} {path} answered {response.status}: {data[:300]!r}")
+        return json.loads(data)
+    finally:
+        connection.close()
+
+
+def aborted_streams(port: int) -> int:
+    """Streams the fake saw closed by the gateway before their end (its `aborted` counter)."""
+    return int(fake_control(port, "GET", "/_fake/stats")["aborted"])
+
+
+def slow_stream() -> dict[str, Any]:
+    """A script step for the fake: a chat stream of SLOW_EVENTS content chunks, SLOW_EVENT_DELAY apart."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "created": 0, "model": UPSTREAM_MODEL,
+                "choices": [choice]}  # fmt: skip
+
+    events: list[Any] = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": "word "}) for _ in range(SLOW_EVENTS)]
+    events += [chunk({}, "stop"), "[DONE]"]
+    return {"sse": events, "event_delay": SLOW_EVENT_DELAY}
+
+
+async def _hang_up_after_first_event(port: int, payload: bytes) -> bool:
+    """Send a streaming request, read until the first `data:` event, then close: a client giving up mid-answer.
+
+    An ordinary close (FIN), as an SDK or a browser does when the user cancels. True when a 200 and an event came.
+    """
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(payload)
+        received = b""
+        while b"data:" not in received:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return False
+            received += chunk
+        return received.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _disconnect_round(port: int, payload: bytes, pid: int, fake_port: int) -> tuple[int, int, int]:
+    """DISCONNECTS_PER_ROUND clients, DISCONNECTS_AT_ONCE at a time, while the gateway's fds are watched.
+
+    Returns how many clients saw a first event, and the most fds and upstream connections the gateway held
+    meanwhile: the peak shows what the probe would see if the gateway kept streams it no longer relays.
+    """
+    limit = asyncio.Semaphore(DISCONNECTS_AT_ONCE)
+    peak = [0, 0]
+
+    async def one() -> bool:
+        async with limit:
+            return await asyncio.wait_for(_hang_up_after_first_event(port, payload), timeout=10)
+
+    async def watch() -> None:
+        while True:
+            peak[0] = max(peak[0], open_fds(pid))
+            peak[1] = max(peak[1], upstream_connections(pid, fake_port))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        done = await asyncio.gather(*(one() for _ in range(DISCONNECTS_PER_ROUND)), return_exceptions=True)
+    finally:
+        watcher.cancel()
+    return sum(result is True for result in done), peak[0], peak[1]
+
+
+def disconnect_phase(target: Target, fake_port: int) -> dict[str, Any]:
+    """Clients hanging up mid-stream must not leave the gateway holding the upstream stream or its memory.
+
+    Each request gets a slow stream from the fake (10 s if read to the end), and the client closes after the
+    first event. A gateway that notices hangs up on the fake at once: its fds and upstream connections return to
+    the baseline within a second or so, and the fake counts the stream as aborted. One that does not would keep
+    up to DISCONNECTS_PER_ROUND upstream connections for ~10 s. The first round may grow RSS as new code paths
+    allocate; growth that repeats in later rounds is what a leak looks like.
+    """
+    pid = target.pid
+    assert pid is not None
+    payload = target.payload(stream=True)
+    time.sleep(1.0)  # the soak's last connections close
+    before = {"rss_mib": rss_mib(pid), "fds": open_fds(pid), "upstream": upstream_connections(pid, fake_port)}
+    aborted_before = aborted_streams(fake_port)
+    print(f"  before:  RSS {before['rss_mib']:.1f} MiB, {before['fds']} fds, {before['upstream']} upstream connections")
+    rounds: list[dict[str, Any]] = []
+    try:
+        for number in range(1, DISCONNECT_ROUNDS + 1):
+            fake_control(fake_port, "POST", "/_fake/script", [slow_stream()] * DISCONNECTS_PER_ROUND)
+            aborted = aborted_streams(fake_port)
+            began = time.monotonic()
+            answered, peak_fds, peak_upstream = asyncio.run(_disconnect_round(target.port, payload, pid, fake_port))
+            spent = time.monotonic() - began
+            settled = time.monotonic()
+            # Give the gateway a moment (the fake notices a hang-up at its next write, <= 50 ms later), then read
+            # where it settled; a gateway that holds the upstream streams does not settle within 5 s.
+            while True:
+                fds, upstream = open_fds(pid), upstream_connections(pid, fake_port)
+                cut = aborted_streams(fake_port) - aborted
+                back = fds <= before["fds"] + FD_SLACK and upstream <= before["upstream"]
+                if (back and cut >= answered) or time.monotonic() - settled > 5.0:
+                    break
+                time.sleep(0.1)
+            row = {
+                "answered": answered,
+                "seconds": round(spent, 2),
+                "fds_peak": peak_fds,
+                "upstream_peak": peak_upstream,
+                "settle_seconds": round(time.monotonic() - settled, 1),
+                "fds": fds,
+                "upstream": upstream,
+                "rss_mib": rss_mib(pid),
+                "aborted_upstream": cut,
+            }
+            rounds.append(row)
+            print(
+                f"  round {number}: {answered}/{DISCONNECTS_PER_ROUND} got a first event in {spent:.1f} s;"
+                f" at most {peak_fds} fds, {peak_upstream} upstream meanwhile; {row['settle_seconds']:.1f} s later:"
+                f" {fds} fds, {upstream} upstream, RSS {row['rss_mib']:.1f} MiB; the fake saw {cut} streams cut"
+            )
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):  # must not hide why the phase ended
+            fake_control(fake_port, "DELETE", "/_fake/requests")  # drops scripts no request consumed
+    total = DISCONNECT_ROUNDS * DISCONNECTS_PER_ROUND
+    last = rounds[-1]
+    aborted_total = aborted_streams(fake_port) - aborted_before
+    later = (last["rss_mib"] - rounds[0]["rss_mib"]) * 1024 / (total - DISCONNECTS_PER_ROUND)
+    fds_back = last["fds"] <= before["fds"] + FD_SLACK and last["upstream"] <= before["upstream"]
+    leak = later > LEAK_KIB_PER_DISCONNECT
+    print(
+        f"  after {total} disconnects: fds {before['fds']} -> {last['fds']}, upstream connections"
+        f" {before['upstream']} -> {last['upstream']} ({'back down' if fds_back else 'NOT BACK DOWN'});"
+        f" {aborted_total}/{total} upstream streams aborted by the gateway"
+    )
+    print(
+        f"  RSS {before['rss_mib']:.1f} -> {last['rss_mib']:.1f} MiB; after round 1 {later:+.2f} KiB per disconnect"
+        f" (threshold {LEAK_KIB_PER_DISCONNECT:g}): {'SUSPECTED LEAK' if leak else 'no leak suspected'}"
+    )
+    return {
+        "before": before,
+        "rounds": rounds,
+        "disconnects": total,
+        "aborted_upstream": aborted_total,
+        "fds_back_down": fds_back,
+        "rss_kib_per_disconnect_after_round_1": round(later, 3),
+        "suspected_leak": leak,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -446,6 +778,65 @@ def print_sequential(results: dict[str, Sequential], direct: str, gateways: list
     return found
 
 
+def standard_phases(
+    args: argparse.Namespace, targets: list[Target], loadgen: LoadGenerator, results: dict[str, Any]
+) -> None:
+    """Phases 1-4: latency, time to first token, requests per second, memory (skipped by --only-soak)."""
+    gateways = [t.name for t in targets[1:]]
+    print(f"\n[1] latency at concurrency 1, non-streaming: {args.rounds} interleaved rounds x {args.requests} requests")
+    plain = sequential_phase(targets, args.rounds, args.requests, stream=False)
+    print("  answer sizes: " + ", ".join(f"{n} {r.answer_bytes} B" for n, r in plain.items()))
+    results["latency_c1"] = print_sequential(plain, "direct", gateways)
+    for name in gateways:
+        header = results["latency_c1"][name].get("own_overhead_header_p50_ms")
+        if header is not None:
+            print(f"  {name}'s own {OVERHEAD_HEADER} header: p50 {header:.3f} ms (excludes the HTTP server, the")
+            print("    framework around the handler and the upstream client's CPU, which it counts as upstream wait)")
+
+    print(f"\n[2] streaming, time to first token at concurrency 1: {args.rounds} rounds x {args.stream_requests}")
+    results["ttft_c1"] = print_sequential(
+        sequential_phase(targets, args.rounds, args.stream_requests, stream=True), "direct", gateways
+    )
+
+    print(
+        f"\n[3] requests per second: {args.load_rounds} round(s) of {args.duration:g} s runs,"
+        f" each after {args.warmup:g} s of warm-up"
+    )
+    throughput: dict[str, Any] = {}
+    for level in [int(c) for c in args.concurrency.split(",")]:
+        runs = load_phase(targets, loadgen, level, args.load_rounds, args.duration, args.warmup)
+        row: dict[str, Any] = {}
+        for name, loads in runs.items():
+            row[name] = {
+                "rps": round(statistics.median(x.rps for x in loads), 1),
+                "p50_ms": round(statistics.median(x.p50_ms for x in loads), 3),
+                "p99_ms": round(statistics.median(x.p99_ms for x in loads), 3),
+                "errors": sum(x.errors for x in loads),
+            }
+            cpu = [x.cpu_ms_per_request for x in loads if x.cpu_ms_per_request is not None]
+            if cpu:
+                row[name]["cpu_ms_per_request"] = round(statistics.median(cpu), 3)
+        line = f"  c={level:<3} direct {row['direct']['rps']:>8,.0f} RPS"
+        for name in gateways:
+            row[name]["ratio_to_direct"] = round(row[name]["rps"] / row["direct"]["rps"], 3)
+            g = row[name]
+            line += (
+                f" | {name} {g['rps']:>6,.0f} RPS (ratio {g['ratio_to_direct']:.3f}, p50 {g['p50_ms']:.1f} ms,"
+                f" p99 {g['p99_ms']:.1f} ms, CPU {g.get('cpu_ms_per_request', float('nan')):.3f} ms/req)"
+            )
+        errors = sum(r["errors"] for r in row.values())
+        print(line + (f"  ERRORS {errors}" if errors else ""))
+        throughput[str(level)] = row
+    results["throughput"] = throughput
+
+    print("\n[4] gateway memory (from /proc)")
+    results["memory_mib"] = {}
+    for target in targets[1:]:
+        assert target.pid is not None
+        memory = results["memory_mib"][target.name] = memory_mib(target.pid)
+        print(f"  {target.name}: peak RSS {memory.get('VmHWM', '?')} MiB, now {memory.get('VmRSS', '?')} MiB")
+
+
 def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     pinned = not args.no_pin and len(cpus) >= 2
@@ -512,58 +903,8 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
         print(f"{name}: {engine.label}: engine serve --workers 1 (pid {process.pid}, port {port})")
     gateways = [t.name for t in targets[1:]]
 
-    print(f"\n[1] latency at concurrency 1, non-streaming: {args.rounds} interleaved rounds x {args.requests} requests")
-    plain = sequential_phase(targets, args.rounds, args.requests, stream=False)
-    print("  answer sizes: " + ", ".join(f"{n} {r.answer_bytes} B" for n, r in plain.items()))
-    results["latency_c1"] = print_sequential(plain, "direct", gateways)
-    for name in gateways:
-        header = results["latency_c1"][name].get("own_overhead_header_p50_ms")
-        if header is not None:
-            print(f"  {name}'s own {OVERHEAD_HEADER} header: p50 {header:.3f} ms (excludes the HTTP server, the")
-            print("    framework around the handler and the upstream client's CPU, which it counts as upstream wait)")
-
-    print(f"\n[2] streaming, time to first token at concurrency 1: {args.rounds} rounds x {args.stream_requests}")
-    results["ttft_c1"] = print_sequential(
-        sequential_phase(targets, args.rounds, args.stream_requests, stream=True), "direct", gateways
-    )
-
-    print(
-        f"\n[3] requests per second: {args.load_rounds} round(s) of {args.duration:g} s runs,"
-        f" each after {args.warmup:g} s of warm-up"
-    )
-    throughput: dict[str, Any] = {}
-    for level in [int(c) for c in args.concurrency.split(",")]:
-        runs = load_phase(targets, loadgen, level, args.load_rounds, args.duration, args.warmup)
-        row: dict[str, Any] = {}
-        for name, loads in runs.items():
-            row[name] = {
-                "rps": round(statistics.median(x.rps for x in loads), 1),
-                "p50_ms": round(statistics.median(x.p50_ms for x in loads), 3),
-                "p99_ms": round(statistics.median(x.p99_ms for x in loads), 3),
-                "errors": sum(x.errors for x in loads),
-            }
-            cpu = [x.cpu_ms_per_request for x in loads if x.cpu_ms_per_request is not None]
-            if cpu:
-                row[name]["cpu_ms_per_request"] = round(statistics.median(cpu), 3)
-        line = f"  c={level:<3} direct {row['direct']['rps']:>8,.0f} RPS"
-        for name in gateways:
-            row[name]["ratio_to_direct"] = round(row[name]["rps"] / row["direct"]["rps"], 3)
-            g = row[name]
-            line += (
-                f" | {name} {g['rps']:>6,.0f} RPS (ratio {g['ratio_to_direct']:.3f}, p50 {g['p50_ms']:.1f} ms,"
-                f" p99 {g['p99_ms']:.1f} ms, CPU {g.get('cpu_ms_per_request', float('nan')):.3f} ms/req)"
-            )
-        errors = sum(r["errors"] for r in row.values())
-        print(line + (f"  ERRORS {errors}" if errors else ""))
-        throughput[str(level)] = row
-    results["throughput"] = throughput
-
-    print("\n[4] gateway memory (from /proc)")
-    results["memory_mib"] = {}
-    for target in targets[1:]:
-        assert target.pid is not None
-        memory = results["memory_mib"][target.name] = memory_mib(target.pid)
-        print(f"  {target.name}: peak RSS {memory.get('VmHWM', '?')} MiB, now {memory.get('VmRSS', '?')} MiB")
+    if not args.only_soak:
+        standard_phases(args, targets, loadgen, results)
 
     if args.profile:
         print(f"\n[5] py-spy profile of the gateway at concurrency 16, {args.profile:g} s")
@@ -571,14 +912,30 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
         results["profile"] = lines
         print("\n".join(f"  {x}" for x in lines))
 
-    print("\ntargets: added p50 <= 1 ms at concurrency 1; >= 2,000 RPS on one worker")
-    for name in gateways:
-        add = results["latency_c1"][name]["added"]["p50_ms"]
-        best = max(row[name]["rps"] for row in throughput.values())
+    if args.soak:
+        gateway = targets[1]
+        note = f"; {', '.join(gateways[1:])} not soaked" if len(gateways) > 1 else ""
         print(
-            f"  {name}: added p50 {add:.3f} ms ({'met' if add <= 1.0 else 'NOT met'}); "
-            f"best {best:,.0f} RPS ({'met' if best >= 2000 else 'NOT met'})"
+            f"\n[6] soak: {args.soak:g} s at concurrency {SOAK_CONCURRENCY} against {gateway.name}, windows of"
+            f" ~{args.soak_window:g} s alternating non-streaming and streaming chat completions{note}"
         )
+        results["soak"] = soak_phase(gateway, loadgen, args.soak, args.soak_window, direct.port)
+        print(
+            f"\n[7] client disconnects mid-stream: {DISCONNECT_ROUNDS} rounds x {DISCONNECTS_PER_ROUND} streaming"
+            f" requests, {DISCONNECTS_AT_ONCE} at once, each closed after its first event (the fake streams"
+            f" {SLOW_EVENTS} events {SLOW_EVENT_DELAY * 1000:g} ms apart unless the gateway hangs up)"
+        )
+        results["disconnects"] = disconnect_phase(gateway, direct.port)
+
+    if not args.only_soak:
+        print("\ntargets: added p50 <= 1 ms at concurrency 1; >= 2,000 RPS on one worker")
+        for name in gateways:
+            add = results["latency_c1"][name]["added"]["p50_ms"]
+            best = max(row[name]["rps"] for row in results["throughput"].values())
+            print(
+                f"  {name}: added p50 {add:.3f} ms ({'met' if add <= 1.0 else 'NOT met'}); "
+                f"best {best:,.0f} RPS ({'met' if best >= 2000 else 'NOT met'})"
+            )
     return results
 
 
@@ -605,8 +962,25 @@ def main(argv: list[str] | None = None) -> int:
         "--compare-engine", metavar="DIR|CMD", help="a second gateway, interleaved with the first (A/B in one run)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--time-limit", type=float, default=300, help="hard stop in seconds (default 300)")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="also run a soak (sustained concurrency 16, RSS and RPS sampled) and a mid-stream disconnect phase",
+    )
+    parser.add_argument(
+        "--soak-window", type=float, default=10.0, metavar="SECONDS", help="seconds per soak sample (default 10)"
+    )
+    parser.add_argument("--only-soak", action="store_true", help="skip phases 1-4 (needs --soak)")
+    parser.add_argument(
+        "--time-limit", type=float, help="hard stop in seconds (default 300, plus SECONDS + 60 with --soak)"
+    )
     args = parser.parse_args(argv)
+    if args.only_soak and not args.soak:
+        parser.error("--only-soak needs --soak SECONDS")
+    if args.time_limit is None:
+        args.time_limit = 300 + (args.soak + 60 if args.soak else 0)
 
     def expire(signum: int, frame: object) -> None:
         raise TimeLimit(f"the run exceeded --time-limit {args.time_limit:g} s")
