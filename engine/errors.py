@@ -56,6 +56,13 @@ class GatewayError(Exception):
         return msgspec.json.encode(self.payload())
 
 
+def upstream_failure(status: int, message: str, code: str, *, retryable: bool = False) -> GatewayError:
+    """The upstream failed in transport or protocol (not with an error body of its own)."""
+    error = GatewayError(status, message, type="api_error", code=code)
+    error.retryable = retryable
+    return error
+
+
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 

@@ -19,7 +19,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from engine.errors import GatewayError
+from engine.errors import GatewayError, upstream_failure
 from engine.gateway import Gateway
 from engine.lower import UpstreamRequest
 from engine.shapes.base import Renderer, Sanitize
@@ -92,30 +92,15 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
         return await gw.client.send(request, stream=True)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         log.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
-        error = GatewayError(
-            502,
-            f"The gateway could not reach the upstream provider `{provider}`. Retry shortly.",
-            type="api_error",
-            code="upstream_unreachable",
-        )
-        error.retryable = policy.on_unreachable
+        message = f"The gateway could not reach the upstream provider `{provider}`. Retry shortly."
+        raise upstream_failure(502, message, "upstream_unreachable", retryable=policy.on_unreachable) from None
     except httpx.TimeoutException:
-        error = GatewayError(
-            504,
-            f"The upstream provider `{provider}` did not answer in time. Retry, or try again later.",
-            type="api_error",
-            code="upstream_timeout",
-        )
-        error.retryable = policy.on_timeout
+        message = f"The upstream provider `{provider}` did not answer in time. Retry, or try again later."
+        raise upstream_failure(504, message, "upstream_timeout", retryable=policy.on_timeout) from None
     except httpx.TransportError as exc:  # the request went out, then the connection failed: no retry
         log.warning("upstream %s failed: %s", provider, type(exc).__name__)
-        error = GatewayError(
-            502,
-            f"The connection to the upstream provider `{provider}` failed. Retry shortly.",
-            type="api_error",
-            code="upstream_unreachable",
-        )
-    raise error
+        message = f"The connection to the upstream provider `{provider}` failed. Retry shortly."
+        raise upstream_failure(502, message, "upstream_unreachable") from None
 
 
 async def proxy(
@@ -161,12 +146,8 @@ async def _proxy(
     try:
         doc = _decode(raw)
     except msgspec.DecodeError:
-        raise GatewayError(
-            502,
-            f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON.",
-            type="api_error",
-            code="upstream_invalid_response",
-        ) from None
+        message = f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON."
+        raise upstream_failure(502, message, "upstream_invalid_response") from None
     answer = _strip(gw, renderer.json(wire.raise_json(doc, call), call))
     gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
     overhead = gw.specs.routes.headers.overhead
@@ -183,16 +164,12 @@ async def _read(response: httpx.Response) -> bytes:
     try:
         return await response.aread()
     except httpx.TimeoutException:
-        raise GatewayError(
-            504, "The upstream provider stopped answering mid-response.", type="api_error", code="upstream_timeout"
+        raise upstream_failure(
+            504, "The upstream provider stopped answering mid-response.", "upstream_timeout"
         ) from None
     except httpx.TransportError:
-        raise GatewayError(
-            502,
-            "The upstream connection failed mid-response. Retry shortly.",
-            type="api_error",
-            code="upstream_unreachable",
-        ) from None
+        message = "The upstream connection failed mid-response. Retry shortly."
+        raise upstream_failure(502, message, "upstream_unreachable") from None
     finally:
         await response.aclose()
 
@@ -226,13 +203,8 @@ async def _relay(
             yield frame_bytes
     except (StreamBroken, httpx.TransportError) as exc:
         log.warning("stream from %s broke: %s", candidate.provider.id, exc)
-        error = GatewayError(
-            502,
-            "The upstream stream ended unexpectedly; the answer is incomplete.",
-            type="api_error",
-            code="upstream_stream_interrupted",
-        )
-        yield renderer.broken(error)
+        message = "The upstream stream ended unexpectedly; the answer is incomplete."
+        yield renderer.broken(upstream_failure(502, message, "upstream_stream_interrupted"))
     finally:
         await response.aclose()
         gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
