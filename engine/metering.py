@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.spec.models import Price
 from engine.store import Store
@@ -20,10 +20,7 @@ from engine.wires.base import Usage
 @dataclass
 class Tally:
     requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
+    tokens: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
 
 
@@ -50,10 +47,7 @@ class Meter:
         tally = self._pending.setdefault((key_id, day, model, provider), Tally())
         tally.requests += 1
         if usage is not None:
-            tally.prompt_tokens += usage.prompt_tokens
-            tally.completion_tokens += usage.completion_tokens
-            tally.cached_tokens += usage.cached_tokens
-            tally.reasoning_tokens += usage.reasoning_tokens
+            tally.tokens.add(usage)
             tally.cost_usd += cost_of(usage, price)
 
     def flush(self) -> None:
@@ -64,10 +58,10 @@ class Meter:
                     (
                         *k,
                         t.requests,
-                        t.prompt_tokens,
-                        t.completion_tokens,
-                        t.cached_tokens,
-                        t.reasoning_tokens,
+                        t.tokens.prompt_tokens,
+                        t.tokens.completion_tokens,
+                        t.tokens.cached_tokens,
+                        t.tokens.reasoning_tokens,
                         t.cost_usd,
                     )
                     for k, t in pending.items()

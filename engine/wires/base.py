@@ -30,6 +30,13 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
 
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+
     @classmethod
     def from_chat(cls, usage: Any) -> Usage | None:
         if not isinstance(usage, dict):
