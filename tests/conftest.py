@@ -36,6 +36,14 @@ def load_corpus(directory: Path) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ end-to-end: real processes on loopback
 
 PROVIDER_KEY = "sk-test-SECRETKEY-0123456789"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,9 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import PROVIDER_KEY
+from tests.conftest import PROVIDER_KEY, WEATHER_TOOL
 
 HELLO = [{"role": "user", "content": "Say hello."}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def test_models_lists_only_models_whose_provider_has_a_key(client: openai.OpenAI) -> None:

@@ -13,14 +13,8 @@ from typing import Any
 import httpx
 import openai
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
+from tests.conftest import WEATHER_TOOL
+
 ASK = [{"role": "user", "content": "Weather in Oslo?"}]
 
 
