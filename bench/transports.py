@@ -94,6 +94,15 @@ def fake_upstream(cpu: int | None) -> Iterator[str]:
 # --------------------------------------------------------------------------------------------- subjects
 
 
+async def _drain(response: httpx.Response) -> int:
+    """Read the whole body and release the connection, as engine/proxy.py does; the status for counting."""
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
+    return response.status_code
+
+
 class Subject:
     """One client under test: `call()` sends one request and reads the whole answer; returns the status."""
 
@@ -114,12 +123,7 @@ class HttpxClient(Subject):
 
     async def call(self) -> int:
         request = self.client.build_request("POST", self.url, headers=HEADERS, content=BODY, timeout=TIMEOUT)
-        response = await self.client.send(request, stream=True)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response.status_code
+        return await _drain(await self.client.send(request, stream=True))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -137,12 +141,7 @@ class TransportOnly(Subject):
         request = httpx.Request(
             "POST", self.url, headers=HEADERS, content=BODY, extensions={"timeout": TIMEOUT.as_dict()}
         )
-        response = await self.transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response.status_code
+        return await _drain(await self.transport.handle_async_request(request))
 
     async def aclose(self) -> None:
         await self.transport.aclose()
