@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from engine import carry
 from engine.catalog import Candidate
 from engine.mapping import apply_stage
 from engine.select import WireChoice
@@ -42,6 +43,10 @@ def lower_request(
     body = {k: v for k, v in request.items() if k not in strip_fields}
     names = {"request": body, "model": candidate.view, "operation": operation}
     codec = choice.wire
+    # Packed tool-call ids (engine.carry) never reach a provider: the codec's own family's state is
+    # handed to it in `call.carried`, any other family's is stripped.
+    unpack = carry.unpack_chat if codec.accepts == "chat" else carry.unpack_responses
+    unpacked = unpack(body, getattr(codec, "carrier", None))
     mappings = candidate.plan(operation).mappings
     if codec.accepts == "chat":  # request-stage mappings are written against the chat shape
         apply_stage(mappings, "request", body, names)
@@ -53,6 +58,7 @@ def lower_request(
         upstream_model=candidate.row.upstream,
         stream=stream,
         include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
+        carried=unpacked.carried,
     )
     lowered = codec.lower(body, call)
     apply_stage(mappings, "wire", lowered.body, {**names, "request": lowered.body})

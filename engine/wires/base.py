@@ -90,9 +90,14 @@ class Call:
     stream: bool = False
     include_usage: bool = False  # the client asked for the usage chunk
     usage: Usage | None = None
+    carried: dict[str, bytes] = field(default_factory=dict)  # engine.carry: original tool-call id → state
 
 
 class Wire(Protocol):
+    """A codec may also name a `carrier` family (a class attribute, e.g. `carrier = "gemini"`): it then
+    packs state into the tool-call ids it raises (`engine.carry.pack`) and finds that state again in
+    `Call.carried` when lowering. Codecs without one get every packed id stripped."""
+
     name: str
     shape: str  # the API shape spoken upstream: "chat" or "responses"
     accepts: str  # the shape `lower` takes: "chat" (canonical), or the client's own for a passthrough
