@@ -1,9 +1,10 @@
 """Resolve model: public model ID → the provider and upstream model that will serve it.
 
 The catalog is the union of the models in every provider spec. A provider is *live* when its key is in
-the environment; only live providers serve requests, and `/models` lists only models with a live
-provider. Everything a request needs from a spec is compiled here once, per (provider, model) candidate:
-mappings and wire rules whose conditions read only the model are decided at start-up.
+the environment, or, for the local servers whose spec says `liveness.by = "probe"`, while it answers its
+probe (`engine.liveness` keeps that current); only live providers serve requests, and `/models` lists only
+models with a live provider. Everything a request needs from a spec is compiled here once, per
+(provider, model) candidate: mappings and wire rules whose conditions read only the model are decided at start-up.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class CompiledErrorRule:
     when: Expression
 
 
+@dataclass
+class Answering:
+    """Whether a probed provider answered its last probe (the one mutable bit of a bound provider)."""
+
+    ok: bool = False
+
+
 @dataclass(frozen=True)
 class Provider:
     """A provider spec bound to this process's environment."""
@@ -47,14 +55,23 @@ class Provider:
     mappings: tuple[CompiledMapping, ...]
     wire_rules: tuple[tuple[int, CompiledWireRule], ...]
     error_rules: tuple[CompiledErrorRule, ...]
+    answering: Answering = field(default_factory=Answering, compare=False)
+
+    @property
+    def probed(self) -> bool:
+        """Live while it answers (a local server), rather than when its key is set."""
+        return self.spec.liveness.by == "probe"
 
     @property
     def live(self) -> bool:
-        return bool(self.api_key)
+        return self.answering.ok if self.probed else bool(self.api_key)
 
     def auth_headers(self, redacted: bool = False) -> dict[str, str]:
-        """The credential header; redacted (or not live) it shows where the key goes, not the key."""
+        """The credential header; redacted (or not live) it shows where the key goes, not the key.
+        A provider whose key is optional gets no header at all while its key is unset."""
         auth = self.spec.auth
+        if not self.api_key and not auth.required:
+            return {}
         key = "[redacted]" if redacted else self.api_key or f"${{{auth.env}}}"
         return {auth.header: f"{auth.scheme} {key}" if auth.scheme else key}
 
@@ -135,11 +152,19 @@ class Catalog:
             for public_id, row in provider.spec.models.items():
                 by_model.setdefault(public_id, []).append(Candidate.build(public_id, provider, row))
         self._all = by_model
+        self._live: dict[str, list[Candidate]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute which models have a live provider (after a probe changed a provider's state)."""
         self._live = {
             model: live
-            for model, candidates in by_model.items()
+            for model, candidates in self._all.items()
             if (live := [c for c in candidates if c.provider.live])
         }
+
+    def probed_providers(self) -> list[Provider]:
+        return [p for p in self.providers.values() if p.probed]
 
     @classmethod
     def from_specs(cls, specs: Specs, env: Mapping[str, str] | None = None) -> Catalog:
@@ -147,11 +172,12 @@ class Catalog:
         return cls([Provider.bind(f.spec, env) for f in specs.providers])
 
     def prepare(self, operations: list[str]) -> None:
-        """Specialize every live candidate's spec for these operations now, not on first request."""
-        for candidates in self._live.values():
+        """Specialize every candidate that is or may become live for these operations now, not on first request."""
+        for candidates in self._all.values():
             for candidate in candidates:
-                for operation in operations:
-                    candidate.plan(operation)
+                if candidate.provider.live or candidate.provider.probed:
+                    for operation in operations:
+                        candidate.plan(operation)
 
     def public_ids(self) -> list[str]:
         """Every public model ID some spec serves, live or not."""

@@ -32,10 +32,64 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     catalog = Catalog.from_specs(specs)
     models = sum(len(f.spec.models) for f in specs.providers)
-    print(f"ok: {len(specs.routes.routes)} routes, {len(specs.providers)} providers, {models} model rows")
+    print(
+        f"ok: {len(specs.routes.routes)} routes, {len(specs.providers)} providers, {models} model rows,"
+        f" {len(specs.facts)} shared model facts"
+    )
     for provider in catalog.providers.values():
-        state = "live" if provider.live else f"no key (${provider.spec.auth.env} unset)"
-        print(f"  {provider.id:<12} {len(provider.spec.models):>3} models  {state}")
+        print(f"  {provider.id:<12} {len(provider.spec.models):>3} models  {_liveness(provider, None)}")
+    return 0
+
+
+def _liveness(provider: Any, answering: bool | None) -> str:
+    """One provider's state in words: key set or not; for local servers, whether they answer."""
+    if provider.probed:
+        where = f"local server at {provider.base_url}"
+        if answering is None:
+            return f"{where} (live while it answers GET {provider.spec.liveness.probe_path}; not probed here)"
+        return f"{where}: {'answering, live' if answering else 'not answering, not live'}"
+    return "live" if provider.live else f"no key (${provider.spec.auth.env} unset)"
+
+
+def _probe(providers: list[Any]) -> dict[str, bool]:
+    """Probe local servers once, concurrently (what the gateway does at start-up)."""
+    import asyncio
+
+    import httpx
+
+    from engine.liveness import probe
+
+    async def run() -> dict[str, bool]:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            results = await asyncio.gather(*(probe(client, p) for p in providers))
+        return {p.id: ok for p, ok in zip(providers, results, strict=True)}
+
+    return asyncio.run(run()) if providers else {}
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    """Every provider spec, the environment variables it reads, and whether it is live here and now."""
+    from engine.catalog import Catalog
+    from engine.spec.loader import SpecError, load_specs
+
+    try:
+        specs = load_specs(_specs_dir(args))
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    catalog = Catalog.from_specs(specs)
+    providers = sorted(catalog.providers.values(), key=lambda p: p.id)
+    answering = {} if args.no_probe else _probe([p for p in providers if p.probed])
+    rows = []
+    for p in providers:
+        auth = p.spec.auth
+        key = f"{auth.env}{'' if auth.required else ' (optional)'}"
+        env = ", ".join(v for v in (key, p.spec.provider.base_url_env) if v)
+        rows.append((p.id, p.spec.provider.wire, str(len(p.spec.models)), env, _liveness(p, answering.get(p.id))))
+    header = ("PROVIDER", "WIRE", "MODELS", "ENVIRONMENT", "STATE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4])
     return 0
 
 
@@ -55,14 +109,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     os.environ["ENGINE_SPECS"] = str(specs_dir)  # for every worker process
     catalog = Catalog.from_specs(specs)
-    live = catalog.live_providers()
+    local = [p for p in catalog.providers.values() if p.probed]
+    answering = _probe(local)
     print(f"engine: listening on http://{args.host}:{args.port}/external/v1 ({args.workers} worker(s))")
-    if live:
-        for provider in live:
-            print(f"engine: provider {provider.id} is live ({len(provider.spec.models)} models)")
-    else:
-        names = ", ".join(sorted(f"${p.spec.auth.env}" for p in catalog.providers.values()))
-        print(f"engine: no provider is live; set one of {names}")
+    live = catalog.live_providers()
+    for provider in live:
+        print(f"engine: provider {provider.id} is live ({len(provider.spec.models)} models)")
+    for provider in local:
+        state = "answering: live" if answering[provider.id] else "not answering: not live until it does"
+        every = provider.spec.liveness.interval_seconds
+        print(f"engine: [local] {provider.id} at {provider.base_url} {state} (probed every {every:g} s)")
+    if not live and not any(answering.values()):
+        names = ", ".join(sorted(f"${p.spec.auth.env}" for p in catalog.providers.values() if not p.probed))
+        print(f"engine: no provider is live; set one of {names}, or start a local server")
+    print("engine: `engine providers` lists every provider, its environment variables and its state")
     sys.stdout.flush()
     uvicorn.run(
         "engine.app:create_app",
@@ -213,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
     keys.set_defaults(func=cmd_keys)
+
+    providers = with_specs(
+        sub.add_parser("providers", help="list every provider, its environment variables and whether it is live")
+    )
+    providers.add_argument("--no-probe", action="store_true", help="do not probe local servers")
+    providers.set_defaults(func=cmd_providers)
 
     schema = with_specs(sub.add_parser("schema", help="regenerate specs/schema/*.schema.json"))
     schema.set_defaults(func=cmd_schema)

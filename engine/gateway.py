@@ -13,6 +13,7 @@ import httpx
 
 from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
+from engine.liveness import Prober
 from engine.metering import Meter
 from engine.sanitize import Sanitizer
 from engine.select import CLIENT_SHAPES
@@ -37,6 +38,7 @@ class Gateway:
     strip_fields: frozenset[str]
     authenticate: Authenticator
     forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
+    prober: Prober  # keeps local servers' liveness current
 
     @classmethod
     def build(
@@ -55,24 +57,28 @@ class Gateway:
         sanitizers = {
             p.id: Sanitizer.build(p, shared_rules, routes.sanitize.redact_patterns) for p in catalog.providers.values()
         }
+        client = make_client(transport)
         return cls(
             specs=specs,
             catalog=catalog,
             store=store,
             meter=Meter(store, routes.gateway.meter_flush_seconds),
-            client=make_client(transport),
+            client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
             forward_headers=re.compile(
                 "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
             ),
             authenticate=Authenticator(store, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
+            prober=Prober(client, catalog),
         )
 
     async def startup(self) -> None:
         self.meter.start()
+        await self.prober.start()
 
     async def shutdown(self) -> None:
+        await self.prober.stop()
         await self.meter.stop()
         await self.client.aclose()
         self.store.close()

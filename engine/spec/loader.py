@@ -3,7 +3,11 @@
 Checking happens in three passes, each reporting every problem with the file and the key it sits at:
 1. each file against its published JSON Schema (shape, types, unknown keys);
 2. expressions compile and read only the names their place offers;
-3. cross-file facts: unique provider ids, wires that exist.
+3. cross-file facts: unique provider ids, wires that exist, model facts that exist.
+
+Model facts (`models/<maker>/<model>.toml`) are what a model is whoever serves it; a provider row that
+names them in `facts` starts from them and overrides what it states itself, so a context window or a
+capability is written once even when several providers serve the model.
 Nothing here looks at the environment: a spec is valid or not regardless of which keys are set.
 """
 
@@ -20,7 +24,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from engine.rules import ExpressionError, compile_expression
-from engine.spec.models import KEYED_OPERATIONS, ProviderSpec, RoutesSpec
+from engine.spec.models import KEYED_OPERATIONS, ModelFacts, ProviderSpec, RoutesSpec
 from engine.spec.schema import schema_for
 from engine.wires import WIRES
 
@@ -44,10 +48,18 @@ class ProviderFile:
 
 
 @dataclass(frozen=True)
+class FactsFile:
+    path: Path
+    id: str  # `<maker>/<model>`, from the path under models/
+    facts: ModelFacts
+
+
+@dataclass(frozen=True)
 class Specs:
     root: Path
     routes: RoutesSpec
     providers: tuple[ProviderFile, ...]
+    facts: tuple[FactsFile, ...] = ()
 
 
 def format_key(path: Iterable[Any]) -> str:
@@ -141,6 +153,43 @@ def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
     return problems
 
 
+def _load_facts(root: Path, problems: list[str]) -> dict[str, FactsFile]:
+    found: dict[str, FactsFile] = {}
+    directory = root / "models"
+    for path in sorted(directory.glob("*/*.toml")):
+        data = _read_toml(path, problems)
+        facts = None if data is None else _parse(path, data, ModelFacts, problems)
+        if facts is not None:
+            model_id = f"{path.parent.name}/{path.stem}"
+            found[model_id] = FactsFile(path, model_id, facts)
+    return found
+
+
+def _with_facts(path: Path, data: dict[str, Any], facts: dict[str, FactsFile], problems: list[str]) -> dict[str, Any]:
+    """The provider file with each row's `facts` folded in under the row's own keys."""
+    models = data.get("models")
+    if not isinstance(models, dict):
+        return data
+    merged: dict[str, Any] = {}
+    for public_id, row in models.items():
+        name = row.get("facts") if isinstance(row, dict) else None
+        if isinstance(name, str):
+            shared = facts.get(name)
+            if shared is None:
+                key = format_key(["models", public_id, "facts"])
+                problems.append(f"{path}: {key}: no facts file {name!r} (models/<maker>/<model>.toml)")
+            else:
+                row = {**shared.facts.model_dump(exclude_unset=True), **row}
+        merged[public_id] = row
+    return {**data, "models": merged}
+
+
+def _liveness_problems(path: Path, spec: ProviderSpec) -> list[str]:
+    if spec.liveness.by == "key" and not spec.auth.required:
+        return [f'{path}: liveness.by: a provider whose key is optional cannot be live by key; use by = "probe"']
+    return []
+
+
 def load_specs(root: Path) -> Specs:
     """Load and check everything under `root`; raise `SpecError` listing every problem found."""
     problems: list[str] = []
@@ -152,6 +201,7 @@ def load_specs(root: Path) -> Specs:
         if routes is not None:
             problems += _expression_problems(routes_path, routes) + _route_problems(routes_path, routes)
 
+    facts = _load_facts(root, problems)
     providers: list[ProviderFile] = []
     provider_paths = sorted((root / "providers").glob("*.toml"))
     if not provider_paths:
@@ -159,10 +209,10 @@ def load_specs(root: Path) -> Specs:
     seen: dict[str, Path] = {}
     for path in provider_paths:
         data = _read_toml(path, problems)
-        spec = None if data is None else _parse(path, data, ProviderSpec, problems)
+        spec = None if data is None else _parse(path, _with_facts(path, data, facts, problems), ProviderSpec, problems)
         if spec is None:
             continue
-        problems += _expression_problems(path, spec) + _wire_problems(path, spec)
+        problems += _expression_problems(path, spec) + _wire_problems(path, spec) + _liveness_problems(path, spec)
         if spec.provider.id in seen:
             problems.append(f"{path}: provider.id: {spec.provider.id!r} is already used by {seen[spec.provider.id]}")
         seen[spec.provider.id] = path
@@ -170,4 +220,4 @@ def load_specs(root: Path) -> Specs:
 
     if problems or routes is None:
         raise SpecError(problems)
-    return Specs(root, routes, tuple(providers))
+    return Specs(root, routes, tuple(providers), tuple(facts.values()))

@@ -175,6 +175,25 @@ class Auth(Strict):
     env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$", description="Env var holding the provider key.")
     header: str = "Authorization"
     scheme: str = Field(default="Bearer", description="Prefix before the key; empty for a bare key.")
+    required: bool = Field(
+        default=True,
+        description="False for servers that need no key (local servers): the header is sent only when the env"
+        " var is set.",
+    )
+
+
+class Liveness(Strict):
+    """When a provider serves requests. Hosted providers are live when their key is set; local servers
+    (Ollama, vLLM, LM Studio) need no key and are live while they answer a cheap probe."""
+
+    by: Literal["key", "probe"] = Field(
+        default="key",
+        description="`key`: live when `auth.env` is set. `probe`: live while `GET {base_url}{probe_path}`"
+        " answers 2xx; probed at start-up and every `interval_seconds`.",
+    )
+    probe_path: str = Field(default="/models", pattern=r"^/")
+    interval_seconds: float = Field(default=30.0, gt=0, description="How often a probed provider is re-checked.")
+    timeout_seconds: float = Field(default=2.0, gt=0, description="A probe slower than this counts as down.")
 
 
 class Timeouts(Strict):
@@ -243,8 +262,10 @@ class Modalities(Strict):
     output: list[Modality] = Field(default_factory=lambda: list[Modality](["text"]))
 
 
-class ModelRow(Strict):
-    upstream: str = Field(description="The model name the provider expects on its wire.")
+class ModelFacts(Strict):
+    """What a model is, whoever serves it: written once in `specs/models/<maker>/<model>.toml` and read by
+    every provider row that names it in `facts` (a row's own keys win)."""
+
     name: str | None = Field(default=None, description="Human-readable name.")
     tools: bool = False
     reasoning: bool = Field(default=False, description="Accepts `reasoning_effort` and reasons.")
@@ -256,13 +277,23 @@ class ModelRow(Strict):
     modalities: Modalities = Modalities()
     context: int | None = Field(default=None, gt=0, description="Context window in tokens.")
     max_output: int | None = Field(default=None, gt=0, description="Most output tokens per request.")
-    price: Price | None = None
+    price: Price | None = Field(default=None, description="The maker's list price; hosts override it in their row.")
     release_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+
+class ModelRow(ModelFacts):
+    upstream: str = Field(description="The model name the provider expects on its wire.")
+    facts: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="Shared facts this row starts from: `<maker>/<model>` names specs/models/<maker>/<model>.toml.",
+    )
 
 
 class ProviderSpec(Strict):
     provider: ProviderInfo
     auth: Auth
+    liveness: Liveness = Liveness()
     timeouts: Timeouts = Timeouts()
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers sent upstream.")
     mappings: list[Mapping] = Field(default_factory=list)
