@@ -19,6 +19,17 @@ def _specs_dir(args: argparse.Namespace) -> Path:
     return Path(args.specs) if args.specs else default_specs_dir()
 
 
+def _load_or_report(args: argparse.Namespace) -> Any:
+    """The specs, or None after printing every problem (for commands that only read them)."""
+    from engine.spec.loader import SpecError, load_specs
+
+    try:
+        return load_specs(_specs_dir(args))
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from engine.catalog import Catalog
     from engine.spec.loader import SpecError, load_specs
@@ -70,12 +81,9 @@ def _probe(providers: list[Any]) -> dict[str, bool]:
 def cmd_providers(args: argparse.Namespace) -> int:
     """Every provider spec, the environment variables it reads, and whether it is live here and now."""
     from engine.catalog import Catalog
-    from engine.spec.loader import SpecError, load_specs
 
-    try:
-        specs = load_specs(_specs_dir(args))
-    except SpecError as exc:
-        print(exc, file=sys.stderr)
+    specs = _load_or_report(args)
+    if specs is None:
         return 1
     catalog = Catalog.from_specs(specs)
     providers = sorted(catalog.providers.values(), key=lambda p: p.id)
@@ -141,13 +149,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_lower(args: argparse.Namespace) -> int:
     from engine.catalog import Catalog
     from engine.operations import PROXIED
-    from engine.spec.loader import SpecError, load_specs
     from engine.validate import parse_json_object
 
-    try:
-        specs = load_specs(_specs_dir(args))
-    except SpecError as exc:
-        print(exc, file=sys.stderr)
+    specs = _load_or_report(args)
+    if specs is None:
         return 1
     operation = PROXIED[args.operation]
     raw = Path(args.file).read_bytes() if args.file and args.file != "-" else sys.stdin.buffer.read()
