@@ -27,6 +27,37 @@ def default_type(status: int) -> str:
     return DEFAULT_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
+# The HTTP status an error stands for when it came without one (inside a stream, or a 200 answer):
+# read from its `code`, then its `type`, in OpenAI's vocabulary (which OpenAI-compatible servers share).
+_STATUS_OF_CODE = {
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "context_length_exceeded": 400,
+    "content_filter": 400,
+    "invalid_prompt": 400,
+    "invalid_api_key": 401,
+    "model_not_found": 404,
+    "server_error": 500,
+}
+_STATUS_OF_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "insufficient_quota": 429,
+    "tokens": 429,
+    "server_error": 500,
+    "api_error": 500,
+    "overloaded_error": 503,
+}
+
+
+def status_of(code: str | None, type: str | None) -> int:
+    """The status of an error reported without one; an unknown kind is the upstream's failure (500)."""
+    return _STATUS_OF_CODE.get(code or "") or _STATUS_OF_TYPE.get(type or "") or 500
+
+
 class GatewayError(Exception):
     """An error answer, ready to render."""
 

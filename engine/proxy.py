@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,16 +127,15 @@ async def _proxy(
         finally:
             timer.upstream += time.perf_counter() - began
         status = response.status_code if response.status_code >= 400 else 502
-        error = sanitize(status, wire.error_of(raw))
-        error.headers.update(_forwarded(gw, response))
-        error.retryable = response.status_code in gw.specs.routes.fallback.on_status
-        gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
-        raise error
+        raise _upstream_error(gw, upstream, key, response, sanitize, status, wire.error_of(raw))
 
     headers.update(_forwarded(gw, response))
     if call.stream:
-        timer.upstream += time.perf_counter() - began
-        relay = _relay(gw, upstream, key, response, renderer, sanitize)
+        try:
+            items = await _committed(gw, upstream, key, response, sanitize)
+        finally:
+            timer.upstream += time.perf_counter() - began
+        relay = _relay(gw, upstream, key, response, items, renderer, sanitize)
         return Stream(relay, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     try:
@@ -148,12 +147,75 @@ async def _proxy(
     except msgspec.DecodeError:
         message = f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON."
         raise upstream_failure(502, message, "upstream_invalid_response") from None
-    answer = _strip(gw, renderer.json(wire.raise_json(doc, call), call))
+    raised = wire.raise_json(doc, call)
+    if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
+        raise _upstream_error(gw, upstream, key, response, sanitize, None, raised)
+    answer = _strip(gw, renderer.json(raised, call))
     gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
     overhead = gw.specs.routes.headers.overhead
     if overhead:
         headers[overhead] = timer.overhead_ms()
     return Response(_encode(answer), media_type="application/json", headers=headers)
+
+
+def _upstream_error(
+    gw: Gateway,
+    upstream: UpstreamRequest,
+    key: KeyRecord,
+    response: httpx.Response,
+    sanitize: Sanitize,
+    status: int | None,
+    raw: UpstreamError,
+) -> GatewayError:
+    """An upstream error, answered before anything reached the client: sanitized, with the upstream headers
+    routes.toml forwards, retryable on another provider when the fallback policy says so."""
+    error = sanitize(status, raw)
+    error.headers.update(_forwarded(gw, response))
+    error.retryable = (status or raw.status or error.status) in gw.specs.routes.fallback.on_status
+    candidate = upstream.candidate
+    gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
+    return error
+
+
+async def _committed(
+    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, response: httpx.Response, sanitize: Sanitize
+) -> AsyncIterator[StreamItem | UpstreamError]:
+    """The raised stream, once its first item has been seen, so the status is decided before it is sent.
+
+    An error as the first item (a blocked prompt, a rate limit reported in the stream) becomes an HTTP error
+    answer, as if the upstream had answered with that status; so does a stream that breaks before its first
+    item. Only the first item is awaited: the happy path pays one `__anext__` of indirection, nothing more.
+    """
+    items = _stripped(gw, upstream.choice.wire.raise_stream(iter_events(response.aiter_bytes()), upstream.call))
+    try:
+        first = await anext(items)
+    except StopAsyncIteration:
+        return items
+    except httpx.TimeoutException:
+        await response.aclose()
+        message = f"The upstream provider `{upstream.candidate.provider.id}` did not start its answer in time."
+        raise upstream_failure(504, message, "upstream_timeout") from None
+    except (StreamBroken, httpx.TransportError) as exc:
+        await response.aclose()
+        log.warning("stream from %s broke before its first item: %s", upstream.candidate.provider.id, exc)
+        message = "The upstream stream ended before sending anything. Retry shortly."
+        raise upstream_failure(502, message, "upstream_stream_interrupted") from None
+    except BaseException:
+        await response.aclose()
+        raise
+    if isinstance(first, UpstreamError):
+        await items.aclose()
+        await response.aclose()
+        raise _upstream_error(gw, upstream, key, response, sanitize, None, first)
+    return _prepended(first, items)
+
+
+async def _prepended(
+    first: StreamItem | UpstreamError, rest: AsyncIterator[StreamItem | UpstreamError]
+) -> AsyncIterator[StreamItem | UpstreamError]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
@@ -176,7 +238,7 @@ async def _read(response: httpx.Response) -> bytes:
 
 async def _stripped(
     gw: Gateway, items: AsyncIterator[StreamItem | UpstreamError]
-) -> AsyncIterator[StreamItem | UpstreamError]:
+) -> AsyncGenerator[StreamItem | UpstreamError]:
     """Remove the fields routes.toml strips from every chunk; untouched chunks keep their bytes."""
     markers = tuple(f'"{f}"'.encode() for f in gw.strip_fields)
     async for item in items:
@@ -192,13 +254,14 @@ async def _relay(
     upstream: UpstreamRequest,
     key: KeyRecord,
     response: httpx.Response,
+    items: AsyncIterator[StreamItem | UpstreamError],
     renderer: Renderer,
     sanitize: Sanitize,
 ) -> AsyncIterator[bytes]:
-    """Upstream SSE → client SSE, in the client's shape. A cut or failed upstream ends with one error event."""
-    candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
+    """Raised items → client SSE, in the client's shape. After content has gone out, an upstream error or a
+    cut stream ends it with one OpenAI-shaped error event (the status is already committed)."""
+    candidate, call = upstream.candidate, upstream.call
     try:
-        items = _stripped(gw, wire.raise_stream(iter_events(response.aiter_bytes()), call))
         async for frame_bytes in renderer.frames(items, call, sanitize):
             yield frame_bytes
     except (StreamBroken, httpx.TransportError) as exc:

@@ -1,9 +1,11 @@
 """Sanitize: turn an upstream error into the error the client may see.
 
 Order: the provider's `error_rules`, then the routes' `error_rules`; the first rule that holds decides
-status, type, code, param and message. Whatever text survives is redacted: the provider key (and any
-key-shaped token matching `routes.sanitize.redact_patterns`) and the upstream base URL never reach a
-client. Response headers are untouched by this step, so diagnostics stay.
+status, type, code, param and message. An error that arrived without an HTTP status of its own (inside a
+200 answer or a stream) is matched with the status the codec gave it, or the one its type implies.
+Whatever text survives is redacted: the provider key (and any key-shaped token matching
+`routes.sanitize.redact_patterns`) and the upstream base URL never reach a client. Response headers are
+untouched by this step, so diagnostics stay.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.catalog import CompiledErrorRule, Provider
-from engine.errors import GatewayError, default_type
+from engine.errors import GatewayError, default_type, status_of
 from engine.wires.base import UpstreamError
 
 REDACTED = "[redacted]"
@@ -34,7 +36,10 @@ class Sanitizer:
     def scrub(self, text: str) -> str:
         return self.redact.sub(REDACTED, text)
 
-    def __call__(self, status: int, upstream: UpstreamError) -> GatewayError:
+    def __call__(self, status: int | None, upstream: UpstreamError) -> GatewayError:
+        """`status`: the upstream's HTTP error status, or None for an error reported in a 200 answer or stream."""
+        if status is None or status < 400:
+            status = upstream.status or status_of(upstream.code, upstream.type)
         error = {"message": upstream.message, "type": upstream.type, "code": upstream.code, "param": upstream.param}
         for compiled in self.rules:
             if compiled.when.holds(status=status, error=error, provider=self.provider.id):

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PROVIDER_KEY
+from tests.conftest import PROVIDER_KEY, WEATHER_TOOL
 
 CHAT = "/external/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -322,3 +322,75 @@ def test_a_client_hanging_up_mid_stream_closes_the_upstream_stream(gateway: Any,
     while upstream.aborted() == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert upstream.aborted() == before + 1, "the upstream kept streaming to nobody"
+
+
+# ------------------------------------------------------- streams: the status waits for the first item
+
+
+def test_an_error_before_any_stream_content_is_a_real_http_error(http: httpx.Client, upstream: Any) -> None:
+    """The upstream opened a 200 stream but its first event is an error: nothing went out yet, so the
+    client gets that error's status (here 429, from its type), sanitized, with the diagnostic headers."""
+    upstream.script(
+        {
+            "sse": [
+                {
+                    "error": {
+                        "message": f"Rate limit reached for gpt-4.1 (key {PROVIDER_KEY})",
+                        "type": "rate_limit_error",
+                        "code": "rate_limit_exceeded",
+                        "param": None,
+                    }
+                }
+            ],
+            "headers": {"retry-after": "3"},
+        }
+    )
+    body = {"model": "openai/gpt-4.1", "messages": HELLO, "stream": True}
+    response = http.post(CHAT, json=body)
+    assert response.status_code == 429
+    error = error_of(response)
+    assert error["code"] == "rate_limit_exceeded" and "[redacted]" in error["message"]
+    assert response.headers["retry-after"] == "3"
+    assert response.headers["x-compose-upstream-provider"] == "openai"
+    assert PROVIDER_KEY not in response.text
+
+
+def test_a_content_filter_error_first_in_a_stream_is_the_400_content_filter(http: httpx.Client, upstream: Any) -> None:
+    upstream.script(
+        {"sse": [{"error": {"message": "flagged", "type": "invalid_request_error", "code": "content_filter"}}]}
+    )
+    response = http.post(CHAT, json={"model": "openai/gpt-4.1", "messages": HELLO, "stream": True})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "content_filter"
+    assert "flagged" not in response.text
+    assert response.headers["x-compose-upstream-model"] == "gpt-4.1"
+
+
+def test_a_stream_that_breaks_before_its_first_item_is_a_502(http: httpx.Client, upstream: Any) -> None:
+    upstream.script({"sse": []})  # no [DONE]: the upstream hung up
+    response = http.post(CHAT, json={"model": "openai/gpt-4.1", "messages": HELLO, "stream": True})
+    assert response.status_code == 502
+    assert error_of(response)["code"] == "upstream_stream_interrupted"
+
+
+def test_a_200_answer_that_is_a_failure_is_answered_as_the_error_it_carries(http: httpx.Client, upstream: Any) -> None:
+    """A codec may return an upstream error from a 200 answer: here a failed Responses object, whose
+    `invalid_prompt` becomes the one content-filter error."""
+    upstream.script(
+        {
+            "json": {
+                "id": "resp_1",
+                "object": "response",
+                "status": "failed",
+                "error": {"code": "invalid_prompt", "message": "Invalid prompt: flagged (ref 9f2c)."},
+                "output": [],
+            }
+        }
+    )
+    body = {"model": "openai/gpt-5.5", "messages": HELLO, "tools": [WEATHER_TOOL]}
+    response = http.post(CHAT, json=body)
+    assert upstream.requests()[-1]["path"].endswith("/responses")
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "content_filter" and "9f2c" not in error["message"]
+    assert response.headers["x-compose-upstream-provider"] == "openai"

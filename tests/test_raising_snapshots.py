@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine.errors import GatewayError
+from engine.errors import GatewayError, status_of
 from engine.shapes.base import Renderer
 from engine.shapes.chat import CHAT
 from engine.shapes.responses import FromChatRenderer, NativeRenderer
@@ -34,7 +34,9 @@ def call(include_usage: bool, stream: bool) -> Call:
     return Call(public_model="acme/model", upstream_model="upstream-model", stream=stream, include_usage=include_usage)
 
 
-def sanitize(status: int, error: UpstreamError) -> GatewayError:
+def sanitize(status: int | None, error: UpstreamError) -> GatewayError:
+    """No rules here: the raised error as it would reach the sanitizer (the error corpus tests the rules)."""
+    status = status or error.status or status_of(error.code, error.type)
     return GatewayError(status, error.message, type=error.type, code=error.code, param=error.param)
 
 
@@ -67,7 +69,10 @@ async def render(wire: Wire, renderer: Renderer, raw: bytes, include_usage: bool
 def raised_json(wire: Wire, doc: dict[str, Any]) -> dict[str, Any]:
     trip = call(include_usage=False, stream=False)
     answer = wire.raise_json(doc, trip)
-    result: dict[str, Any] = {"chat": answer, "metered": dataclasses.asdict(trip.usage) if trip.usage else None}
+    metered = dataclasses.asdict(trip.usage) if trip.usage else None
+    if isinstance(answer, UpstreamError):  # a 200 that the codec reads as an error
+        return {"upstream_error": dataclasses.asdict(answer), "metered": metered}
+    result: dict[str, Any] = {"chat": answer, "metered": metered}
     if wire.shape == "chat":
         result["as_responses"] = FromChatRenderer(RESPONSES_REQUEST, "acme/model").json(answer, trip)
     return result

@@ -8,7 +8,8 @@ from typing import Protocol
 from engine.errors import GatewayError
 from engine.wires.base import JSON, Call, StreamItem, UpstreamError
 
-Sanitize = Callable[[int, UpstreamError], GatewayError]
+# (upstream HTTP status, or None for an error inside a 200 answer or a stream) → the client's error
+Sanitize = Callable[[int | None, UpstreamError], GatewayError]
 
 
 class Renderer(Protocol):

@@ -24,7 +24,7 @@ class ChatRenderer:
     ) -> AsyncIterator[bytes]:
         async for item in items:
             if isinstance(item, UpstreamError):
-                yield frame(_encode(sanitize(500, item).payload()))  # OpenAI's mid-stream error: no [DONE]
+                yield frame(_encode(sanitize(None, item).payload()))  # OpenAI's mid-stream error: no [DONE]
                 return
             yield frame(item if isinstance(item, bytes) else _encode(item))
         yield DONE

@@ -168,7 +168,7 @@ class FromChatRenderer:
         events = _EventWriter(_ResponseBuilder(self.request, self.public_model))
         async for item in items:
             if isinstance(item, UpstreamError):
-                yield events.error(sanitize(500, item))
+                yield events.error(sanitize(None, item))
                 return
             chunk = _decode(item) if isinstance(item, bytes) else item
             for out in events.on_chunk(chunk):
@@ -382,7 +382,7 @@ class NativeRenderer:
         sequence = 0
         async for item in items:
             if isinstance(item, UpstreamError):
-                yield _error_frame(sanitize(500, item), sequence)
+                yield _error_frame(sanitize(None, item), sequence)
                 return
             data = _decode(item) if isinstance(item, bytes) else item
             sequence = int(data.get("sequence_number", sequence)) + 1

@@ -69,12 +69,19 @@ class Lowered:
 
 @dataclass(frozen=True)
 class UpstreamError:
-    """An upstream error body, normalized; still unsanitized."""
+    """An upstream error, normalized; still unsanitized.
+
+    Codecs return one from `raise_json` when a 200 answer is really a refusal (a prompt blocked by a
+    filter), and yield one from `raise_stream` when the upstream reports an error inside the stream.
+    `status` is the HTTP status such an error stands for, when the codec knows it (400 for a blocked
+    prompt); left None, the sanitizer infers it from `type`/`code` (see `errors.status_of`).
+    """
 
     message: str
     type: str | None = None
     code: str | None = None
     param: str | None = None
+    status: int | None = None
 
 
 class StreamBroken(Exception):
@@ -106,12 +113,15 @@ class Wire(Protocol):
         """Canonical (chat) request, already mapped by the provider's spec → this wire's request."""
         ...
 
-    def raise_json(self, doc: JSON, call: Call) -> JSON:
-        """This wire's answer → a `chat.completion`; records `call.usage`."""
+    def raise_json(self, doc: JSON, call: Call) -> JSON | UpstreamError:
+        """This wire's answer → a `chat.completion`; records `call.usage`. A 200 answer that is an error
+        in disguise (a blocked prompt, a failed response) comes back as its UpstreamError instead."""
         ...
 
     def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
-        """This wire's SSE events → `chat.completion.chunk`s; raises `StreamBroken` on a cut stream."""
+        """This wire's SSE events → `chat.completion.chunk`s; raises `StreamBroken` on a cut stream.
+        An error the upstream reports in the stream is yielded as an UpstreamError, and ends it. The proxy
+        looks at the first item before it commits the HTTP status: an error there becomes an error answer."""
         ...
 
     def error_of(self, body: bytes) -> UpstreamError:

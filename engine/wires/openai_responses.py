@@ -306,7 +306,10 @@ class OpenAIResponsesWire:
 
     # ------------------------------------------------------------------ responses → chat
 
-    def raise_json(self, doc: JSON, call: Call) -> JSON:
+    def raise_json(self, doc: JSON, call: Call) -> JSON | UpstreamError:
+        if doc.get("status") == "failed":  # a 200 carrying a failed response: its error is the answer
+            call.usage = usage_from_responses(doc.get("usage"))
+            return _error_of_response(doc)
         content: list[str] = []
         refusal: list[str] = []
         reasoning: list[str] = []
