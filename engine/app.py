@@ -17,7 +17,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from engine.errors import GatewayError
 from engine.gateway import Gateway
-from engine.operations import operation_for
+from engine.operations import handler_for
 from engine.proxy import Timer
 from engine.spec.models import Route
 
@@ -25,8 +25,9 @@ log = logging.getLogger("engine.app")
 
 
 def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
-    operation = operation_for(spec.operation)
+    operation = handler_for(spec.operation)
     needs_key = spec.auth == "gateway_key"
+    limit = spec.max_body_mb or gw.specs.routes.gateway.max_body_mb
 
     async def handle(request: Request[Any, Any, Any]) -> Response[Any]:
         timer = Timer(time.perf_counter())
@@ -34,7 +35,13 @@ def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
         return await operation(gw, request, key, timer)
 
     handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"
-    return route(spec.path, http_method=[spec.method], name=f"{spec.method} {spec.path}", status_code=200)(handle)
+    return route(
+        spec.path,
+        http_method=[spec.method],
+        name=f"{spec.method} {spec.path}",
+        status_code=200,
+        request_max_body_size=limit * 1024 * 1024,
+    )(handle)
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:

@@ -116,12 +116,13 @@ class Candidate:
     provider: Provider
     row: ModelRow
     view: dict[str, Any]  # what spec expressions see as `model`
+    serves: frozenset[str]  # the operations the row serves
     _plans: dict[str, Plan] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, public_id: str, provider: Provider, row: ModelRow) -> Candidate:
         view = {"id": public_id, "provider": provider.id, **row.model_dump()}
-        return cls(public_id, provider, row, view)
+        return cls(public_id, provider, row, view, frozenset(row.operations))
 
     def plan(self, operation: str) -> Plan:
         """The specialized spec for `operation`, built on first use and kept (`Catalog.prepare` warms it)."""

@@ -148,19 +148,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_lower(args: argparse.Namespace) -> int:
     from engine.catalog import Catalog
-    from engine.operations import PROXIED
+    from engine.lower import Context
+    from engine.operations import OPERATIONS
     from engine.validate import parse_json_object
 
     specs = _load_or_report(args)
     if specs is None:
         return 1
-    operation = PROXIED[args.operation]
+    operation = OPERATIONS.get(args.operation)
+    if operation is None or operation.prepare is None or operation.body != "json":
+        names = ", ".join(_lowerable())
+        print(f"engine lower: --operation {args.operation!r} is not one of {names}", file=sys.stderr)
+        return 1
     raw = Path(args.file).read_bytes() if args.file and args.file != "-" else sys.stdin.buffer.read()
     try:
         body = parse_json_object(raw)
         if args.model:
             body["model"] = args.model
-        operation.validate(body)
+        if operation.validate is not None:
+            operation.validate(body)
         candidates = Catalog.from_specs(specs).all_candidates(body["model"])
         if args.provider:
             candidates = [c for c in candidates if c.provider.id == args.provider]
@@ -168,7 +174,8 @@ def cmd_lower(args: argparse.Namespace) -> int:
             via = f" via {args.provider!r}" if args.provider else ""
             print(f"engine lower: no provider spec serves {body['model']!r}{via}", file=sys.stderr)
             return 1
-        upstream, _ = operation.prepare(body, candidates[0], frozenset(specs.routes.sanitize.strip_fields))
+        context = Context(frozenset(specs.routes.sanitize.strip_fields))
+        upstream, _ = operation.prepare(body, candidates[0], context)
     except GatewayError as exc:
         print(f"engine lower: the gateway would answer {exc.status}:", file=sys.stderr)
         print(json.dumps(exc.payload(), indent=2), file=sys.stderr)
@@ -184,6 +191,12 @@ def cmd_lower(args: argparse.Namespace) -> int:
     }
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
+
+
+def _lowerable() -> list[str]:
+    from engine.operations import OPERATIONS
+
+    return [name for name, row in OPERATIONS.items() if row.resolve == "model" and row.body == "json"]
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -263,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     lower.add_argument("--provider", help="use this provider's spec even if another is preferred")
     lower.add_argument(
         "--operation",
-        choices=["chat.completions", "responses"],
+        metavar="OPERATION",
         default="chat.completions",
-        help="the endpoint the request was sent to (default: chat.completions)",
+        help="the operation the request was sent to, as routes.toml names it (default: chat.completions)",
     )
     lower.set_defaults(func=cmd_lower)
 

@@ -14,9 +14,9 @@ import httpx
 from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
 from engine.liveness import Prober
+from engine.lower import Context
 from engine.metering import Meter
 from engine.sanitize import Sanitizer
-from engine.select import CLIENT_SHAPES
 from engine.spec.loader import Specs, load_specs
 from engine.store import REPO_ROOT, Store, default_db_path
 from engine.transport import make_client
@@ -36,6 +36,7 @@ class Gateway:
     client: httpx.AsyncClient
     sanitizers: dict[str, Sanitizer]
     strip_fields: frozenset[str]
+    context: Context  # what every operation's `prepare` reads from the gateway's settings
     authenticate: Authenticator
     forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
     prober: Prober  # keeps local servers' liveness current
@@ -50,7 +51,7 @@ class Gateway:
     ) -> Gateway:
         specs = load_specs(specs_dir or default_specs_dir())
         catalog = Catalog.from_specs(specs, env)
-        catalog.prepare(sorted({route.operation for route in specs.routes.routes} & set(CLIENT_SHAPES)))
+        catalog.prepare(sorted({route.operation for route in specs.routes.routes}))
         store = Store(db_path or default_db_path())
         routes = specs.routes
         shared_rules = compile_error_rules(routes.error_rules)
@@ -66,6 +67,7 @@ class Gateway:
             client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
+            context=Context(frozenset(routes.sanitize.strip_fields)),
             forward_headers=re.compile(
                 "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
             ),

@@ -7,6 +7,7 @@ result of this module without sending it, and the snapshot tests pin it for ever
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -15,18 +16,32 @@ from engine import carry
 from engine.catalog import Candidate
 from engine.mapping import apply_stage
 from engine.select import WireChoice
-from engine.wires.base import Call
+from engine.wires.base import JSON, AnswerKind, BodyKind, Call
+
+
+@dataclass(frozen=True)
+class Context:
+    """What preparing a request needs besides its body and candidate: the gateway's settings."""
+
+    strip: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class UpstreamRequest:
+    """The exact request a provider receives, and what answer to expect from it."""
+
     method: str
     url: str
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: Any  # a JSON object, a `Multipart` form or None, as `body_kind` says
     call: Call
     choice: WireChoice
     candidate: Candidate
+    body_kind: BodyKind = "json"
+    answer: AnswerKind = "json"
+    # Called with the raised JSON answer before it is metered: an operation's own bookkeeping (a video job's
+    # state, say), which may clear `call.usage` when the work was already metered.
+    settle: Callable[[Call, JSON], Awaitable[None]] | None = None
 
     def redacted_headers(self) -> dict[str, str]:
         return {**self.headers, **self.candidate.provider.auth_headers(redacted=True)}
@@ -48,7 +63,7 @@ def lower_request(
     unpack = carry.unpack_chat if codec.accepts == "chat" else carry.unpack_responses
     unpacked = unpack(body, getattr(codec, "carrier", None))
     mappings = candidate.plan(operation).mappings
-    if codec.accepts == "chat":  # request-stage mappings are written against the chat shape
+    if codec.accepts != "responses":  # request-stage mappings are written against OpenAI's chat and media shapes
         apply_stage(mappings, "request", body, names)
 
     stream = request.get("stream") is True
@@ -61,16 +76,25 @@ def lower_request(
         carried=unpacked.carried,
     )
     lowered = codec.lower(body, call)
-    apply_stage(mappings, "wire", lowered.body, {**names, "request": lowered.body})
+    kind = lowered.body_kind
+    if kind == "json":
+        apply_stage(mappings, "wire", lowered.body, {**names, "request": lowered.body})
+    answer = lowered.answer or ("sse" if stream else "json")
 
     provider = candidate.provider
     url = provider.base_url + lowered.path
     if lowered.query:
         url += "?" + urlencode(lowered.query)
-    headers = {
-        "content-type": "application/json",
-        "accept": "text/event-stream" if stream else "application/json",
-        **provider.spec.headers,
-        **provider.auth_headers(),
-    }
-    return UpstreamRequest("POST", url, headers, lowered.body, call, choice, candidate)
+    content_type = "application/json" if kind == "json" else lowered.body.content_type if kind == "multipart" else None
+    headers = {"content-type": content_type} if content_type else {}
+    headers.update(_ACCEPT[answer])
+    headers.update(provider.spec.headers)
+    headers.update(provider.auth_headers())
+    return UpstreamRequest(lowered.method, url, headers, lowered.body, call, choice, candidate, kind, answer)
+
+
+_ACCEPT: dict[str, dict[str, str]] = {
+    "json": {"accept": "application/json"},
+    "sse": {"accept": "text/event-stream"},
+    "bytes": {"accept": "*/*"},
+}

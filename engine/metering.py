@@ -25,14 +25,22 @@ class Tally:
 
 
 def cost_of(usage: Usage, price: Price | None) -> float:
+    """USD for `usage` at `price`: tokens and characters are priced per million, other units one by one."""
     if price is None:
         return 0.0
     cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input is not None else 0
-    return (
+    per_million = (
         (usage.prompt_tokens - cached) * price.input
         + cached * (price.cached_input or 0.0)
         + usage.completion_tokens * price.output
-    ) / 1_000_000
+        + usage.characters * (price.character or 0.0)
+    )
+    return (
+        per_million / 1_000_000
+        + usage.images * (price.image or 0.0)
+        + usage.audio_seconds * (price.audio_second or 0.0)
+        + usage.video_seconds * (price.video_second or 0.0)
+    )
 
 
 class Meter:

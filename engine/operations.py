@@ -1,21 +1,32 @@
-"""The operations a route can name in `routes.toml`. Each is the request path for one endpoint:
-validate → resolve model → select wire → lower → proxy. Operations without a codec answer 501."""
+"""The operations a route can name in `routes.toml`: ONE table, one row per operation.
+
+A row says everything the engine needs to serve an endpoint, so a new endpoint is a row, not a fork:
+- `body`: how the request body is parsed (a JSON object, a multipart form, or none);
+- `validate`: the request schema checked before anything else;
+- `resolve`: what picks the upstream: the body's `model` (through the catalog, with fallback), a job id
+  in the path (through the job store), or nothing (the gateway answers from its own state);
+- `shape`: the API its clients speak, which selects the wire codec (`select.select_wire`);
+- `prepare`: validate → resolve → select wire → lower, for one candidate;
+- `answers`: what the upstream answer may be (JSON, SSE or bytes); each lowered request names its own.
+
+The spec models (`routes.toml`'s `operation`, a model row's `operations`), `engine lower --operation`
+and the catalog's start-up specialization all read their names from here.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-import msgspec
 from litestar import Request, Response
 
 from engine.catalog import Candidate, check_capabilities
-from engine.errors import GatewayError, invalid_request, model_not_found, not_implemented
+from engine.documents import models_list, models_retrieve
+from engine.errors import GatewayError, invalid_request, not_implemented
 from engine.gateway import Gateway
-from engine.lower import UpstreamRequest, lower_request
+from engine.lower import Context, UpstreamRequest, lower_request
 from engine.proxy import Timer, proxy
 from engine.select import select_wire
 from engine.shapes.base import Renderer
@@ -24,110 +35,120 @@ from engine.shapes.responses import FromChatRenderer, NativeRenderer
 from engine.shapes.responses_request import capability_view, to_chat
 from engine.store import KeyRecord
 from engine.validate import parse_json_object, validate_chat, validate_responses
+from engine.wires.base import AnswerKind, BodyKind
 
 log = logging.getLogger("engine.operations")
 
-Operation = Callable[[Gateway, Request[Any, Any, Any], KeyRecord | None, Timer], Awaitable[Response[Any]]]
+Handler = Callable[[Gateway, Request[Any, Any, Any], KeyRecord | None, Timer], Awaitable[Response[Any]]]
+Resolve = Literal["model", "job", "none"]
 
 
-def _json(doc: Any) -> Response[Any]:
-    return Response(msgspec.json.encode(doc), media_type="application/json")
-
-
-def _created(candidate: Candidate) -> int:
-    date = candidate.row.release_date
-    return int(datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp()) if date else 0
-
-
-def model_object(candidate: Candidate) -> dict[str, Any]:
-    """OpenAI's Model object, plus the catalog facts OpenAI-compatible clients look for."""
-    row = candidate.row
-    doc: dict[str, Any] = {
-        "id": candidate.public_id,
-        "object": "model",
-        "created": _created(candidate),
-        "owned_by": candidate.provider.id,
-        "name": row.name or candidate.public_id,
-        "context_length": row.context,
-        "max_output_tokens": row.max_output,
-        "capabilities": {
-            "tools": row.tools,
-            "reasoning": row.reasoning,
-            "streaming": row.streaming,
-            "structured_output": row.structured_output,
-        },
-        "modalities": row.modalities.model_dump(),
-    }
-    if row.price is not None:
-        doc["pricing"] = {"currency": "USD", "unit": "1M tokens", **row.price.model_dump(exclude_none=True)}
-    return doc
-
-
-async def models_list(
-    gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
-) -> Response[Any]:
-    data = [model_object(candidates[0]) for candidates in gw.catalog.live_models().values()]
-    return _json({"object": "list", "data": data})
-
-
-async def models_retrieve(
-    gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
-) -> Response[Any]:
-    model = str(request.path_params.get("model", "")).strip("/")
-    if not model:
-        raise invalid_request("Name a model: GET /models/{model}.", param="model")
-    candidates = gw.catalog.live_models().get(model)
-    if not candidates:
-        raise model_not_found(model)
-    return _json(model_object(candidates[0]))
-
-
-def prepare_chat(body: dict[str, Any], candidate: Candidate, strip: frozenset[str]) -> tuple[UpstreamRequest, Renderer]:
-    check_capabilities(body, candidate)
-    choice = select_wire(candidate, body, "chat.completions")
-    return lower_request(candidate, body, choice, "chat.completions", strip), CHAT
-
-
-def prepare_responses(
-    body: dict[str, Any], candidate: Candidate, strip: frozenset[str]
-) -> tuple[UpstreamRequest, Renderer]:
-    """`/responses` for every model: passed through to providers that speak it, bridged over chat elsewhere."""
-    choice = select_wire(candidate, body, "responses")
-    if choice.wire.accepts == "responses":
-        check_capabilities(capability_view(body), candidate)
-        return lower_request(candidate, body, choice, "responses", strip), NativeRenderer()
-    chat = to_chat(body)
-    check_capabilities(chat, candidate)
-    return lower_request(candidate, chat, choice, "responses", strip), FromChatRenderer(body, candidate.public_id)
+Prepare = Callable[[dict[str, Any], Candidate, Context], tuple[UpstreamRequest, Renderer]]
 
 
 @dataclass(frozen=True)
-class Proxied:
-    """An operation that sends the request upstream: how to validate it, and how to lower it for a candidate."""
+class OperationRow:
+    name: str
+    resolve: Resolve
+    shape: str | None = None  # the client API shape; None for documents the gateway answers itself
+    body: BodyKind = "json"
+    validate: Callable[[dict[str, Any]], None] | None = None
+    prepare: Prepare | None = None
+    respond: Handler | None = None  # resolve == "none": the gateway's own answer
+    answers: tuple[AnswerKind, ...] = ("json",)
+    keyed: bool = True  # needs a gateway key (engine check enforces it on the route)
 
-    validate: Callable[[dict[str, Any]], None]
-    prepare: Callable[[dict[str, Any], Candidate, frozenset[str]], tuple[UpstreamRequest, Renderer]]
+
+def prepare_chat(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
+    check_capabilities(body, candidate)
+    choice = select_wire(candidate, body, "chat.completions", "chat")
+    return lower_request(candidate, body, choice, "chat.completions", ctx.strip), CHAT
 
 
-PROXIED: dict[str, Proxied] = {
-    "chat.completions": Proxied(validate_chat, prepare_chat),
-    "responses": Proxied(validate_responses, prepare_responses),
-}
+def prepare_responses(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
+    """`/responses` for every model: passed through to providers that speak it, bridged over chat elsewhere."""
+    choice = select_wire(candidate, body, "responses", "responses")
+    if choice.wire.accepts == "responses":
+        check_capabilities(capability_view(body), candidate)
+        return lower_request(candidate, body, choice, "responses", ctx.strip), NativeRenderer()
+    chat = to_chat(body)
+    check_capabilities(chat, candidate)
+    return lower_request(candidate, chat, choice, "responses", ctx.strip), FromChatRenderer(body, candidate.public_id)
 
 
-def proxied(spec: Proxied) -> Operation:
+_ROWS = (
+    OperationRow("models.list", "none", body="none", respond=models_list),
+    OperationRow("models.retrieve", "none", body="none", respond=models_retrieve),
+    OperationRow(
+        "chat.completions", "model", "chat", validate=validate_chat, prepare=prepare_chat, answers=("json", "sse")
+    ),
+    OperationRow(
+        "responses",
+        "model",
+        "responses",
+        validate=validate_responses,
+        prepare=prepare_responses,
+        answers=("json", "sse"),
+    ),
+    OperationRow("embeddings", "model", "embeddings"),
+    OperationRow("images.generations", "model", "images"),
+    OperationRow("audio.speech", "model", "speech", answers=("bytes", "sse")),
+    OperationRow("audio.transcriptions", "model", "transcriptions", "multipart", answers=("json", "bytes", "sse")),
+    OperationRow("videos.generations", "model", "videos"),
+    OperationRow("opencode.wellknown", "none", body="none", keyed=False),
+    OperationRow("opencode.config", "none", body="none", keyed=False),
+)
+OPERATIONS: dict[str, OperationRow] = {row.name: row for row in _ROWS}
+
+
+# --------------------------------------------------------------------------- the request path per row
+
+
+async def _parse(row: OperationRow, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    if row.body == "json":
+        return parse_json_object(await request.body())
+    raise not_implemented(row.name)  # multipart bodies arrive with their first operation
+
+
+def _model_of(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("Missing required parameter: 'model'.", param="model")
+    return model
+
+
+def _refuse_unserved(candidate: Candidate, operation: str) -> GatewayError:
+    served = ", ".join(f"`{name}`" for name in candidate.row.operations)
+    return GatewayError(
+        400,
+        f"The model `{candidate.public_id}` does not serve `{operation}`; it serves {served}. "
+        "Pick a model that serves this endpoint (GET /models lists each model's `operations`).",
+        param="model",
+        code="unsupported_operation",
+    )
+
+
+def by_model(row: OperationRow) -> Handler:
+    """Resolve the body's `model` to its live candidates and try them in fallback order."""
+    prepare, validate, name = row.prepare, row.validate, row.name
+    assert prepare is not None
+
     async def operation(
         gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
     ) -> Response[Any]:
         assert key is not None  # engine check keeps proxied operations behind gateway keys
-        body = parse_json_object(await request.body())
-        spec.validate(body)
-        candidates = gw.catalog.resolve_all(body["model"])[: gw.specs.routes.fallback.max_attempts]
+        body = await _parse(row, request)
+        if validate is not None:
+            validate(body)
+        candidates = gw.catalog.resolve_all(_model_of(body))[: gw.specs.routes.fallback.max_attempts]
+        ctx = gw.context
         failed: list[GatewayError] = []
         tried: list[str] = []
         for candidate in candidates:
             try:
-                upstream, renderer = spec.prepare(body, candidate, gw.strip_fields)
+                if name not in candidate.serves:
+                    raise _refuse_unserved(candidate, name)
+                upstream, renderer = prepare(body, candidate, ctx)
             except GatewayError:
                 if not failed:
                     raise  # the preferred provider's own refusal (a capability, say) is the answer
@@ -156,7 +177,7 @@ def _name_fallbacks(gw: Gateway, headers: Any, failed: list[str]) -> None:
         headers[name] = ",".join(failed)
 
 
-def unimplemented(name: str) -> Operation:
+def unimplemented(name: str) -> Handler:
     async def operation(
         gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
     ) -> Response[Any]:
@@ -165,12 +186,10 @@ def unimplemented(name: str) -> Operation:
     return operation
 
 
-IMPLEMENTED: dict[str, Operation] = {
-    "models.list": models_list,
-    "models.retrieve": models_retrieve,
-    **{name: proxied(spec) for name, spec in PROXIED.items()},
-}
-
-
-def operation_for(name: str) -> Operation:
-    return IMPLEMENTED.get(name) or unimplemented(name)
+def handler_for(name: str) -> Handler:
+    row = OPERATIONS[name]
+    if row.resolve == "none" and row.respond is not None:
+        return row.respond
+    if row.resolve == "model" and row.prepare is not None:
+        return by_model(row)
+    return unimplemented(name)

@@ -1,8 +1,10 @@
 """Send → raise → sanitize → respond, for one lowered request.
 
 The upstream is always read as a stream so its status is known before its body: an error is read whole,
-sanitized and answered with the upstream's status; a success is raised by the wire codec to the OpenAI
-shape, either as one JSON body or relayed event by event. Diagnostic headers go on every answer.
+sanitized and answered with the upstream's status. A success is answered by the kind the lowered request
+expects: JSON is raised by the wire codec to the OpenAI shape as one body; SSE is relayed event by event;
+bytes (audio, video, subtitles) are relayed chunk by chunk as they arrive, with the upstream's content
+type, never held whole. Diagnostic headers go on every answer.
 """
 
 from __future__ import annotations
@@ -79,11 +81,12 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
     """The request exactly as lowered: no client-level default headers are merged in, so what
     `engine lower` and the snapshots show is what the provider receives."""
     timeouts = upstream.candidate.provider.spec.timeouts
+    kind = upstream.body_kind
     request = httpx.Request(
         upstream.method,
         _parsed_url(upstream.url),
         headers=upstream.headers,
-        content=_encode(upstream.body),
+        content=_encode(upstream.body) if kind == "json" else upstream.body.stream() if kind == "multipart" else None,
         extensions={"timeout": _timeout(timeouts.read, timeouts.connect)},
     )
     provider = upstream.candidate.provider.id
@@ -121,7 +124,8 @@ async def _proxy(
     sanitize = gw.sanitizers[candidate.provider.id]
     began = time.perf_counter()
     response = await send(gw, upstream)
-    if response.status_code >= 400 or (call.stream and not _is_event_stream(response)):
+    answer = upstream.answer
+    if response.status_code >= 400 or (answer == "sse" and not _is_event_stream(response)):
         try:
             raw = await _read(response)
         finally:
@@ -130,13 +134,21 @@ async def _proxy(
         raise _upstream_error(gw, upstream, key, response, sanitize, status, wire.error_of(raw))
 
     headers.update(_forwarded(gw, response))
-    if call.stream:
+    if answer == "sse":
         try:
             items = await _committed(gw, upstream, key, response, sanitize)
         finally:
             timer.upstream += time.perf_counter() - began
         relay = _relay(gw, upstream, key, response, items, renderer, sanitize)
         return Stream(relay, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+    if answer == "bytes":
+        timer.upstream += time.perf_counter() - began
+        for name in _BYTES_HEADERS:
+            value = response.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        media_type = response.headers.get("content-type") or "application/octet-stream"
+        return Stream(_relay_bytes(gw, upstream, key, response), media_type=media_type, headers=headers)
 
     try:
         raw = await _read(response)
@@ -150,12 +162,34 @@ async def _proxy(
     raised = wire.raise_json(doc, call)
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
         raise _upstream_error(gw, upstream, key, response, sanitize, None, raised)
-    answer = _strip(gw, renderer.json(raised, call))
+    answer_doc = _strip(gw, renderer.json(raised, call))
+    if upstream.settle is not None:
+        await upstream.settle(call, answer_doc)
     gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
     overhead = gw.specs.routes.headers.overhead
     if overhead:
         headers[overhead] = timer.overhead_ms()
-    return Response(_encode(answer), media_type="application/json", headers=headers)
+    return Response(_encode(answer_doc), media_type="application/json", headers=headers)
+
+
+# What a relayed byte answer keeps of the upstream's headers (the body is relayed as it came, still encoded).
+_BYTES_HEADERS = ("content-length", "content-encoding", "content-disposition")
+
+
+async def _relay_bytes(
+    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, response: httpx.Response
+) -> AsyncIterator[bytes]:
+    """Upstream bytes → client, chunk by chunk: memory stays at one chunk whatever the answer's size. A cut
+    upstream ends the client's body short (its length no longer matches), the only signal bytes can carry."""
+    candidate, call = upstream.candidate, upstream.call
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.TransportError as exc:
+        log.warning("byte stream from %s broke: %s", candidate.provider.id, exc)
+    finally:
+        await response.aclose()
+        gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
 
 
 def _upstream_error(

@@ -12,9 +12,6 @@ from typing import Any
 from engine.catalog import Candidate
 from engine.wires.base import Wire, codec_for
 
-# The API shape each operation's clients speak.
-CLIENT_SHAPES = {"chat.completions": "chat", "responses": "responses"}
-
 
 @dataclass(frozen=True)
 class WireChoice:
@@ -22,8 +19,9 @@ class WireChoice:
     reason: str  # for `engine lower` and logs: which rule fired, or that the default applied
 
 
-def select_wire(candidate: Candidate, request: dict[str, Any], operation: str) -> WireChoice:
-    shape = CLIENT_SHAPES[operation]
+def select_wire(candidate: Candidate, request: dict[str, Any], operation: str, shape: str = "chat") -> WireChoice:
+    """`shape` is the API the operation's clients speak (its row in `operations.OPERATIONS` names it); the
+    canonical chat shape unless told."""
     for index, rule in candidate.plan(operation).wire_rules:
         if rule.when is None or rule.when.holds(request=request, model=candidate.view, operation=operation):
             return WireChoice(codec_for(rule.wire, shape), f"wire_rules[{index}]: {rule.why}")

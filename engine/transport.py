@@ -78,13 +78,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
-        content = request.content  # the engine always sends complete bodies
+        try:
+            data: Any = request.content or None  # a complete body: JSON, or nothing
+        except httpx.RequestNotRead:
+            data = request.stream  # a streamed body (multipart uploads), sent as it is read
         try:
             response = await self._get_session().request(
                 request.method,
                 str(request.url),
                 headers=request.headers.multi_items(),
-                data=content or None,
+                data=data,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None,

@@ -22,7 +22,7 @@ import pytest
 
 from engine.catalog import Candidate, Catalog, check_capabilities
 from engine.errors import GatewayError
-from engine.lower import UpstreamRequest, lower_request
+from engine.lower import Context, UpstreamRequest, lower_request
 from engine.operations import prepare_responses
 from engine.select import WireChoice, select_wire
 from engine.spec.loader import load_specs
@@ -74,7 +74,7 @@ def lowered_chat(candidate: Candidate, wire: str, request: dict[str, Any]) -> di
     def lower(body: dict[str, Any]) -> dict[str, Any]:
         validate_chat(body)
         check_capabilities(body, candidate)
-        selected = select_wire(candidate, body, "chat.completions")
+        selected = select_wire(candidate, body, "chat.completions", "chat")
         forced = WireChoice(WIRES[wire], "forced by the snapshot test")
         upstream = lower_request(candidate, body, forced, "chat.completions", STRIP)
         return {"selected": selected.wire.name == wire, **shown(upstream)}
@@ -85,7 +85,7 @@ def lowered_chat(candidate: Candidate, wire: str, request: dict[str, Any]) -> di
 def lowered_responses(candidate: Candidate, request: dict[str, Any]) -> dict[str, Any]:
     def lower(body: dict[str, Any]) -> dict[str, Any]:
         validate_responses(body)
-        upstream, _ = prepare_responses(body, candidate, STRIP)
+        upstream, _ = prepare_responses(body, candidate, Context(STRIP))
         return {"wire": upstream.choice.wire.name, "why": upstream.choice.reason, **shown(upstream)}
 
     return guarded({**request, "model": candidate.public_id}, lower)
@@ -114,7 +114,7 @@ def test_secrets_never_appear_in_lowered_output() -> None:
     candidate = catalog.resolve("openai/gpt-4.1")
     request = CHAT_CORPUS["plain"] | {"model": "openai/gpt-4.1"}
     upstream = lower_request(
-        candidate, request, select_wire(candidate, request, "chat.completions"), "chat.completions"
+        candidate, request, select_wire(candidate, request, "chat.completions", "chat"), "chat.completions"
     )
     assert upstream.headers["Authorization"] == "Bearer sk-live-SECRET-123456"
     assert "SECRET" not in repr(upstream.redacted_headers())

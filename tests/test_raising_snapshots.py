@@ -63,13 +63,13 @@ async def render(wire: Wire, renderer: Renderer, raw: bytes, include_usage: bool
         data = text[text.index("data: ") + 6 :].strip()
         body = data if data == "[DONE]" else msgspec.json.decode(data)
         decoded.append({"event": event, "data": body} if event else body)
-    return [*decoded, {"metered": dataclasses.asdict(trip.usage) if trip.usage else None}]
+    return [*decoded, {"metered": trip.usage.shown() if trip.usage else None}]
 
 
 def raised_json(wire: Wire, doc: dict[str, Any]) -> dict[str, Any]:
     trip = call(include_usage=False, stream=False)
     answer = wire.raise_json(doc, trip)
-    metered = dataclasses.asdict(trip.usage) if trip.usage else None
+    metered = trip.usage.shown() if trip.usage else None
     if isinstance(answer, UpstreamError):  # a 200 that the codec reads as an error
         return {"upstream_error": dataclasses.asdict(answer), "metered": metered}
     result: dict[str, Any] = {"chat": answer, "metered": metered}

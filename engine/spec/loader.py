@@ -24,7 +24,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from engine.rules import ExpressionError, compile_expression
-from engine.spec.models import KEYED_OPERATIONS, ModelFacts, ProviderSpec, RoutesSpec
+from engine.spec.models import ModelFacts, ProviderSpec, RoutesSpec, operation_needs_key
 from engine.spec.schema import schema_for
 from engine.wires import WIRES
 
@@ -148,7 +148,7 @@ def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
         if (route.method, route.path) in seen:
             problems.append(f"{path}: routes[{i}]: {route.method} {route.path} is declared twice")
         seen.add((route.method, route.path))
-        if route.operation in KEYED_OPERATIONS and route.auth != "gateway_key":
+        if operation_needs_key(route.operation) and route.auth != "gateway_key":
             problems.append(f'{path}: routes[{i}].auth: operation {route.operation!r} needs auth = "gateway_key"')
     return problems
 

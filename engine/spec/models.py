@@ -7,9 +7,9 @@ Every model forbids unknown keys, so a typo in a TOML file is an error that name
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Expression = Annotated[
     str,
@@ -21,22 +21,43 @@ Expression = Annotated[
     ),
 ]
 
-Operation = Literal[
-    "models.list",
-    "models.retrieve",
-    "chat.completions",
-    "responses",
-    "embeddings",
-    "images.generations",
-    "audio.speech",
-    "audio.transcriptions",
-    "videos.generations",
-    "opencode.wellknown",
-    "opencode.config",
+
+def _operation_names(by_model_only: bool = False) -> list[str]:
+    """The names of `engine.operations.OPERATIONS`, the one table of operations. Read lazily: that table
+    holds each operation's parser and codecs, which import these models."""
+    from engine.operations import OPERATIONS
+
+    return [name for name, row in OPERATIONS.items() if row.resolve == "model" or not by_model_only]
+
+
+def operation_needs_key(name: str) -> bool:
+    from engine.operations import OPERATIONS
+
+    return OPERATIONS[name].keyed
+
+
+def _known_operation(name: str) -> str:
+    if name not in _operation_names():
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(_operation_names())}")
+    return name
+
+
+def _served_operation(name: str) -> str:
+    if name not in _operation_names(by_model_only=True):
+        raise ValueError(f"{name!r} is not an operation a model serves; known: {', '.join(_operation_names(True))}")
+    return name
+
+
+Operation = Annotated[
+    str,
+    AfterValidator(_known_operation),
+    Field(json_schema_extra=lambda schema: schema.update(enum=_operation_names())),
 ]
-OPERATIONS: tuple[str, ...] = get_args(Operation)
-# Everything but the OpenCode documents (which OpenCode fetches without a key) needs a gateway key.
-KEYED_OPERATIONS = frozenset(OPERATIONS) - {"opencode.wellknown", "opencode.config"}
+ServedOperation = Annotated[
+    str,
+    AfterValidator(_served_operation),
+    Field(json_schema_extra=lambda schema: schema.update(enum=_operation_names(by_model_only=True))),
+]
 
 
 class Strict(BaseModel):
@@ -143,6 +164,12 @@ class Route(Strict):
     path: str = Field(pattern=r"^/", description="Litestar path; `{model:path}` captures IDs with slashes.")
     operation: Operation
     auth: Literal["gateway_key", "none"] = "gateway_key"
+    max_body_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest request body this route accepts, in MiB (default: gateway.max_body_mb). Larger"
+        " uploads get a 413 before they are read whole.",
+    )
 
 
 class RoutesSpec(Strict):
@@ -249,9 +276,15 @@ class WireRule(Strict):
 
 
 class Price(Strict):
-    input: float = Field(ge=0, description="USD per million input tokens.")
-    output: float = Field(ge=0, description="USD per million output tokens.")
+    """What the upstream charges for a model, by the units its answers are metered in (see `Usage`)."""
+
+    input: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
+    output: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
     cached_input: float | None = Field(default=None, ge=0)
+    image: float | None = Field(default=None, ge=0, description="USD per generated image.")
+    character: float | None = Field(default=None, ge=0, description="USD per million input characters (speech).")
+    audio_second: float | None = Field(default=None, ge=0, description="USD per second of input audio.")
+    video_second: float | None = Field(default=None, ge=0, description="USD per second of generated video.")
 
 
 Modality = Literal["text", "image", "audio", "video", "pdf"]
@@ -279,6 +312,15 @@ class ModelFacts(Strict):
     max_output: int | None = Field(default=None, gt=0, description="Most output tokens per request.")
     price: Price | None = Field(default=None, description="The maker's list price; hosts override it in their row.")
     release_date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    operations: list[ServedOperation] = Field(
+        default_factory=lambda: ["chat.completions", "responses"],
+        min_length=1,
+        description="The operations this model serves; another one is refused with a 400 naming these.",
+    )
+    dimensions: int | None = Field(default=None, gt=0, description="Embedding models: the vector's length.")
+    adjustable_dimensions: bool = Field(
+        default=False, description="Embedding models: accepts `dimensions` (up to `dimensions`) to shorten vectors."
+    )
 
 
 class ModelRow(ModelFacts):

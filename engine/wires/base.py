@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -20,15 +20,25 @@ JSON = dict[str, Any]
 StreamItem = bytes | JSON  # a chunk: pre-encoded JSON when passed through untouched, else a dict
 
 
-@dataclass
+TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+UNIT_FIELDS = ("images", "characters", "audio_seconds", "video_seconds")
+
+
+@dataclass(slots=True)
 class Usage:
-    """Token counts of one answer, in OpenAI's terms (reasoning tokens are inside completion tokens)."""
+    """What one answer consumed: tokens in OpenAI's terms (reasoning tokens are inside completion tokens),
+    and the other units media endpoints are billed in. The one carrier of usage: metering and prices
+    (`spec.models.Price`, one price per unit) read nothing else."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    images: int = 0  # images generated
+    characters: int = 0  # characters of text turned into speech
+    audio_seconds: float = 0.0  # seconds of audio transcribed
+    video_seconds: float = 0.0  # seconds of video generated
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
@@ -36,6 +46,16 @@ class Usage:
         self.total_tokens += other.total_tokens
         self.cached_tokens += other.cached_tokens
         self.reasoning_tokens += other.reasoning_tokens
+        self.images += other.images
+        self.characters += other.characters
+        self.audio_seconds += other.audio_seconds
+        self.video_seconds += other.video_seconds
+
+    def shown(self) -> dict[str, int | float]:
+        """The counts as a document (logs, receipts, snapshots): tokens always, other units when used."""
+        doc: dict[str, int | float] = {name: getattr(self, name) for name in TOKEN_FIELDS}
+        doc.update({name: value for name in UNIT_FIELDS if (value := getattr(self, name))})
+        return doc
 
     @classmethod
     def from_chat(cls, usage: Any) -> Usage | None:
@@ -58,13 +78,22 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+BodyKind = Literal["json", "multipart", "none"]
+AnswerKind = Literal["json", "sse", "bytes"]
+
+
 @dataclass(frozen=True)
 class Lowered:
-    """The wire-specific part of an upstream request: where under the base URL, and what body."""
+    """The wire-specific part of an upstream request: method and path under the base URL, the body and its
+    kind (a JSON object, a `Multipart` form, or none), and the answer expected: `None` means SSE when the
+    request streams, else JSON."""
 
     path: str
-    body: JSON
+    body: Any
     query: dict[str, str] = field(default_factory=dict)
+    method: str = "POST"
+    body_kind: BodyKind = "json"
+    answer: AnswerKind | None = None
 
 
 @dataclass(frozen=True)
