@@ -33,6 +33,7 @@ test: $(STAMP) $(AI_SDK)/node_modules/.installed
 check: $(STAMP)
 	$(VENV)/bin/engine check
 
-## bench: added latency and throughput against a local upstream fake (see bench/README.md)
+## bench: added latency, throughput, stream relay and memory vs a local fake and a bare passthrough, for the
+## small, OpenCode-sized and 200-turn bodies, with issue 13's goal table (see bench/README.md)
 bench: $(STAMP)
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py --body small,opencode,agent

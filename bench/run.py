@@ -1,6 +1,7 @@
 """End-to-end benchmark of the gateway: added latency, requests per second, streaming, memory.
 
     .venv/bin/python bench/run.py                  # ~1 minute, prints the numbers
+    .venv/bin/python bench/run.py --body small,opencode,agent   # `make bench`: all three bodies, ~5 minutes
     .venv/bin/python bench/run.py --duration 10    # longer load runs
     .venv/bin/python bench/run.py --profile 10     # also sample the gateway with py-spy under load
     .venv/bin/python bench/run.py --compare-engine /tmp/base  # A/B against another checkout, in one run
@@ -32,6 +33,12 @@ What it does, and why this way (the method is the one in /work/shared/field-note
    cut its upstream streams and return to its baseline fds and upstream connections. This is what catches
    the leaks and worker recycling peers are known for (field notes, item 7).
 8. Every process is stopped in `finally`; a hard `--time-limit` ends a hung run.
+9. The floor (issue 13): `bench/passthrough.py`, a bare passthrough on the same stack (Litestar, uvicorn with
+   uvloop/httptools, one aiohttp session), pinned like the gateway and interleaved as a third target. Each body
+   of `--body` (small, OpenCode's real 33 KB request, a 600 KB 200-turn session; bench/fixtures/) gets its own
+   phases, with a msgspec decode + encode of the body timed once per round as the yardstick for the gateway's
+   own work. Then streams of 1,000 chunks sent back to back give the relay cost per chunk, and the run ends with
+   issue 13's goal table, PASS / FAIL per row, every ratio taken between targets of the same run.
 
 `--compare-engine DIR|CMD` starts a second gateway (another checkout's directory, or any `engine` command
 line) and interleaves it with the first, so that an A/B difference is not machine drift between two runs.
@@ -62,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from loadgen import Connection, encode_request, percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +78,12 @@ PUBLIC_MODEL, UPSTREAM_MODEL = "openai/gpt-4.1", "gpt-4.1"
 UPSTREAM_KEY = "sk-bench-not-a-real-key"
 OVERHEAD_HEADER = "x-compose-overhead-ms"
 PROMPT = [{"role": "user", "content": "Say hello."}]  # the fake answers with ~400 bytes of JSON
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+BODIES = {  # --body NAME; see bench/fixtures/README.md
+    "small": None,  # {"model", "messages": PROMPT}: ~60 bytes
+    "opencode": FIXTURES / "opencode_request.json",  # OpenCode's real first request: ~33 KB
+    "agent": FIXTURES / "agent_conversation.json",  # a 200-turn OpenCode session: ~620 KB
+}
 
 
 class TimeLimit(Exception):
@@ -82,11 +96,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def request_body(model: str, stream: bool = False) -> bytes:
-    doc: dict[str, Any] = {"model": model, "messages": PROMPT}
+def load_body(name: str) -> dict[str, Any]:
+    """`--body`: a name from BODIES or a JSON file of a chat completions request (its `model` is replaced)."""
+    path = BODIES[name] if name in BODIES else Path(name)
+    if path is None:
+        return {"model": UPSTREAM_MODEL, "messages": PROMPT}
+    doc = json.loads(path.read_text())
+    if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
+        raise SystemExit(f"--body {name}: not a chat completions request (an object with `messages`)")
+    return doc
+
+
+def request_body(doc: dict[str, Any], model: str, stream: bool = False) -> bytes:
+    """The bytes a client sends: compact JSON, UTF-8 as is (what JSON.stringify gives OpenCode's 33,431 bytes).
+
+    Streaming sets `stream` and keeps the body's own `stream_options`; non-streaming drops both."""
+    doc = {**doc, "model": model}
     if stream:
         doc["stream"] = True
-    return json.dumps(doc, separators=(",", ":")).encode()
+    else:
+        doc.pop("stream", None)
+        doc.pop("stream_options", None)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,13 +158,19 @@ class Target:
     model: str
     headers: dict[str, str]
     pid: int | None = None  # a gateway's process, for CPU and memory
+    body: dict[str, Any] = field(default_factory=lambda: load_body("small"))
+    body_name: str = "small"
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}{self.path}"
 
-    def payload(self, stream: bool = False) -> bytes:
-        return encode_request(HOST, self.port, self.path, request_body(self.model, stream), self.headers)
+    def body_bytes(self, stream: bool = False) -> bytes:
+        return request_body(self.body, self.model, stream)
+
+    def payload(self, stream: bool = False, body: bytes | None = None) -> bytes:
+        content = self.body_bytes(stream) if body is None else body
+        return encode_request(HOST, self.port, self.path, content, self.headers)
 
 
 def rotated(targets: list[Target], number: int) -> list[Target]:
@@ -209,11 +246,14 @@ class Sequential:
         return found
 
 
-def sequential_phase(targets: list[Target], rounds: int, requests: int, stream: bool) -> dict[str, Sequential]:
+def sequential_phase(
+    targets: list[Target], rounds: int, requests: int, stream: bool, each_round: Callable[[], None] | None = None
+) -> dict[str, Sequential]:
     """Interleaved rounds of `requests` one-at-a-time requests per target.
 
     Non-streaming, a sample is the whole response; streaming, it is the first `data:` event (time to first
-    token), and the rest of the stream is read before the next request.
+    token), and the rest of the stream is read before the next request. `each_round` runs once per round,
+    between the targets' turns (the msgspec comparator), so that it sees the same drift of the machine.
     """
     connections = {t.name: Connection(HOST, t.port) for t in targets}
     payloads = {t.name: t.payload(stream) for t in targets}
@@ -221,8 +261,13 @@ def sequential_phase(targets: list[Target], rounds: int, requests: int, stream: 
     try:
         for target in targets:  # warm-up: connections, the gateway's upstream pool, code paths
             for _ in range(min(200, requests)):
-                connections[target.name].request(payloads[target.name])
+                try:
+                    connections[target.name].request(payloads[target.name])
+                except OSError as exc:
+                    raise RuntimeError(f"{target.name}: {exc}") from exc
         for number in range(rounds):
+            if each_round is not None:
+                each_round()
             for target in rotated(targets, number):
                 result, samples = results[target.name], []
                 cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
@@ -248,11 +293,99 @@ def sequential_phase(targets: list[Target], rounds: int, requests: int, stream: 
     return results
 
 
+def msgspec_roundtrip(body: bytes, samples: list[float], repeat: int = 30) -> None:
+    """Append the median time (s) of one `msgspec` decode + encode of `body`: the cost of merely parsing it.
+
+    Issue 13's yardstick for the gateway's own work on a big body: its overhead header must stay within a small
+    multiple of this, i.e. validation, mapping and lowering must not cost more per byte than parsing does."""
+    decode, encode, clock = msgspec.json.decode, msgspec.json.encode, time.perf_counter
+    times = []
+    for _ in range(repeat):
+        started = clock()
+        encode(decode(body))
+        times.append(clock() - started)
+    samples.append(statistics.median(times))
+
+
+# -------------------------------------------------------------------------------------- stream relay
+
+RELAY_CHUNKS = 1000
+LOAD_MAX_BYTES = 64 * 1024  # bodies above this skip the load phase (the fake's parsing would be the bottleneck)
+
+
+@dataclass
+class Relay:
+    """One target's long streams: per round, the median of (whole stream - first event), and its CPU."""
+
+    after_first: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    requests: int = 0
+
+
+def relay_phase(targets: list[Target], rounds: int, requests: int, fake_port: int, chunks: int) -> dict[str, Any]:
+    """Per-chunk relay cost: streams of `chunks` content chunks the fake sends back to back (paced at 0 ms).
+
+    Every request is the small streaming chat; the fake is scripted per request (`POST /_fake/script`) with
+    the same long stream, usage chunk included (the gateway always asks for it). A sample is the time from the
+    first `data:` event to the end of the stream, so the request's own overhead (auth, lowering, the upstream
+    round trip) cancels out; the cost per chunk is (target - direct) / chunks. CPU per chunk is the server's
+    CPU time over the whole block divided by the chunks relayed, request overhead included (so an upper bound).
+    """
+    step = scripted_stream(chunks, 0.0)
+    connections = {t.name: Connection(HOST, t.port) for t in targets}
+    small = load_body("small")
+    payloads = {t.name: t.payload(True, request_body(small, t.model, True)) for t in targets}
+    results = {t.name: Relay() for t in targets}
+
+    def block(target: Target, count: int, result: Relay | None) -> None:
+        fake_control(fake_port, "POST", "/_fake/script", [step] * count)
+        cpu_before = cpu_seconds(target.pid) if target.pid else 0.0
+        rest, first = [], []
+        for _ in range(count):
+            reply = connections[target.name].request(payloads[target.name])
+            events = reply.body.count(b"data:")
+            if reply.status != 200 or reply.first_event is None or events < chunks:
+                raise RuntimeError(f"{target.name}: {reply.status}, {events} events: {reply.body[:300]!r}")
+            rest.append(reply.total - reply.first_event)
+            first.append(reply.first_event)
+        if result is not None:
+            result.cpu += cpu_seconds(target.pid) - cpu_before if target.pid else 0.0
+            result.requests += count
+            result.after_first.append(statistics.median(rest))
+            result.first.append(statistics.median(first))
+
+    try:
+        for target in targets:
+            block(target, 3, None)  # warm-up
+        for number in range(rounds):
+            for target in rotated(targets, number):
+                block(target, requests, results[target.name])
+    finally:
+        for connection in connections.values():
+            connection.close()
+        with contextlib.suppress(OSError, RuntimeError):
+            fake_control(fake_port, "DELETE", "/_fake/requests")
+    found: dict[str, Any] = {}
+    direct = statistics.median(results["direct"].after_first)
+    for name, result in results.items():
+        rest = statistics.median(result.after_first)
+        row: dict[str, Any] = {"stream_after_first_event_ms": round(rest * 1000, 3)}
+        if name != "direct":
+            row["relay_us_per_chunk"] = round((rest - direct) / chunks * 1e6, 2)
+        if result.cpu:
+            row["cpu_us_per_chunk"] = round(result.cpu / result.requests / chunks * 1e6, 2)
+        found[name] = row
+    return found
+
+
 # ------------------------------------------------------------------------------------------- load phase
 
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.body = [[{body}]]
+local file = io.open("{body_file}", "rb")
+wrk.body = file:read("*a")
+file:close()
 {headers}
 local threads = {{}}
 function setup(thread) table.insert(threads, thread) end
@@ -301,11 +434,12 @@ class LoadGenerator:
         return load
 
     def _wrk(self, target: Target, concurrency: int, seconds: float, stream: bool) -> Load:
-        script = self.workdir / f"{target.name}{'-stream' if stream else ''}.lua"
+        script = self.workdir / f"{target.name}-{target.body_name}{'-stream' if stream else ''}.lua"
         if not script.exists():
             headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
-            body = request_body(target.model, stream).decode()
-            script.write_text(WRK_SCRIPT.format(body=body, headers=headers))
+            body_file = script.with_suffix(".json")
+            body_file.write_bytes(target.body_bytes(stream))
+            script.write_text(WRK_SCRIPT.format(body_file=body_file, headers=headers))
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), target.url]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
         line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
@@ -321,8 +455,8 @@ class LoadGenerator:
         )
 
     def _python(self, target: Target, concurrency: int, seconds: float, stream: bool) -> Load:
-        body_file = self.workdir / f"{target.name}{'-stream' if stream else ''}.json"
-        body_file.write_bytes(request_body(target.model, stream))
+        body_file = self.workdir / f"{target.name}-{target.body_name}{'-stream' if stream else ''}.json"
+        body_file.write_bytes(target.body_bytes(stream))
         argv = [sys.executable, str(Path(__file__).with_name("loadgen.py")), target.url, "--body-file", str(body_file)]
         argv += [f"--header={k}: {v}" for k, v in target.headers.items()]
         argv += ["--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "0"]
@@ -552,7 +686,7 @@ def summarize_soak(samples: list[SoakSample], peak: float | None) -> dict[str, A
 
 def fake_control(port: int, method: str, path: str, doc: Any = None) -> Any:
     """Call the fake's control API (`/_fake/...`; see tests/fakes/openai_fake.py)."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+    connection = http.client.HTTPConnection(HOST, port, timeout=30)
     try:
         body = json.dumps(doc).encode() if doc is not None else None
         connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
@@ -570,8 +704,8 @@ def aborted_streams(port: int) -> int:
     return int(fake_control(port, "GET", "/_fake/stats")["aborted"])
 
 
-def slow_stream() -> dict[str, Any]:
-    """A script step for the fake: a chat stream of SLOW_EVENTS content chunks, SLOW_EVENT_DELAY apart."""
+def scripted_stream(count: int, delay: float) -> dict[str, Any]:
+    """A script step for the fake: a chat stream of `count` one-word content chunks, `delay` seconds apart."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -579,9 +713,10 @@ def slow_stream() -> dict[str, Any]:
                 "choices": [choice]}  # fmt: skip
 
     events: list[Any] = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": "word "}) for _ in range(SLOW_EVENTS)]
-    events += [chunk({}, "stop"), "[DONE]"]
-    return {"sse": events, "event_delay": SLOW_EVENT_DELAY}
+    events += [chunk({"content": "word "}) for _ in range(count)]
+    usage = {"prompt_tokens": 9, "completion_tokens": count, "total_tokens": 9 + count}
+    events += [chunk({}, "stop"), {**chunk({}), "choices": [], "usage": usage}, "[DONE]"]
+    return {"sse": events, "event_delay": delay}
 
 
 async def _hang_up_after_first_event(port: int, payload: bytes) -> bool:
@@ -651,7 +786,12 @@ def disconnect_phase(target: Target, fake_port: int) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     try:
         for number in range(1, DISCONNECT_ROUNDS + 1):
-            fake_control(fake_port, "POST", "/_fake/script", [slow_stream()] * DISCONNECTS_PER_ROUND)
+            fake_control(
+                fake_port,
+                "POST",
+                "/_fake/script",
+                [scripted_stream(SLOW_EVENTS, SLOW_EVENT_DELAY)] * DISCONNECTS_PER_ROUND,
+            )
             aborted = aborted_streams(fake_port)
             began = time.monotonic()
             answered, peak_fds, peak_upstream = asyncio.run(_disconnect_round(target.port, payload, pid, fake_port))
@@ -762,13 +902,13 @@ def engine_from(option: str | None) -> Engine:
     return Engine(shlex.split(option), REPO, REPO / "specs", f"command {option!r}")
 
 
-def print_sequential(results: dict[str, Sequential], direct: str, gateways: list[str]) -> dict[str, Any]:
+def print_sequential(results: dict[str, Sequential], direct: str, servers: list[str]) -> dict[str, Any]:
     found = {name: result.summary() for name, result in results.items()}
-    for name in [direct, *gateways]:
+    for name in [direct, *servers]:
         row = found[name]
         extra = f"   CPU {row['cpu_ms_per_request']:.3f} ms/request" if "cpu_ms_per_request" in row else ""
         print(f"  {name:<10} p50 {row['p50_ms']:7.3f} ms   p99 {row['p99_ms']:7.3f} ms{extra}")
-    for name in gateways:
+    for name in servers:
         add = {
             "p50_ms": round(found[name]["p50_ms"] - found[direct]["p50_ms"], 3),
             "p99_ms": round(found[name]["p99_ms"] - found[direct]["p99_ms"], 3),
@@ -778,32 +918,69 @@ def print_sequential(results: dict[str, Sequential], direct: str, gateways: list
     return found
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Restart VmHWM from the current RSS (`5` to /proc/<pid>/clear_refs), so each body gets its own peak."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def scaled(requests: int, body_bytes: int) -> int:
+    """Requests per round for a body: as given up to 64 KB, then fewer in proportion (at least 20)."""
+    return requests if body_bytes <= 65536 else max(20, requests * 65536 // body_bytes)
+
+
 def standard_phases(
     args: argparse.Namespace, targets: list[Target], loadgen: LoadGenerator, results: dict[str, Any]
 ) -> None:
-    """Phases 1-4: latency, time to first token, requests per second, memory (skipped by --only-soak)."""
-    gateways = [t.name for t in targets[1:]]
-    print(f"\n[1] latency at concurrency 1, non-streaming: {args.rounds} interleaved rounds x {args.requests} requests")
-    plain = sequential_phase(targets, args.rounds, args.requests, stream=False)
+    """Phases 1-4 for the targets' current body: latency (with the msgspec comparator), time to first token,
+    requests per second, memory (skipped by --only-soak)."""
+    servers = [t.name for t in targets[1:]]
+    body = targets[0].body_bytes()
+    peak_reset = all(reset_peak_rss(t.pid) for t in targets[1:] if t.pid)
+    # A 600 KB body takes ~100x as long per request as a small one; fewer requests keep each body's run short.
+    requests, stream_requests = (scaled(n, len(body)) for n in (args.requests, args.stream_requests))
+    print(f"\n[1] latency at concurrency 1, non-streaming: {args.rounds} interleaved rounds x {requests} requests")
+    roundtrips: list[float] = []
+    plain = sequential_phase(
+        targets, args.rounds, requests, stream=False, each_round=lambda: msgspec_roundtrip(body, roundtrips)
+    )
     print("  answer sizes: " + ", ".join(f"{n} {r.answer_bytes} B" for n, r in plain.items()))
-    results["latency_c1"] = print_sequential(plain, "direct", gateways)
-    for name in gateways:
+    results["latency_c1"] = print_sequential(plain, "direct", servers)
+    results["msgspec_roundtrip_ms"] = round(statistics.median(roundtrips) * 1000, 4)
+    print(
+        f"  one msgspec decode + encode of the {len(body):,}-byte body (this process, CPU of the fake):"
+        f" {results['msgspec_roundtrip_ms']:.4f} ms"
+    )
+    for name in servers:
         header = results["latency_c1"][name].get("own_overhead_header_p50_ms")
         if header is not None:
             print(f"  {name}'s own {OVERHEAD_HEADER} header: p50 {header:.3f} ms (excludes the HTTP server, the")
             print("    framework around the handler and the upstream client's CPU, which it counts as upstream wait)")
 
-    print(f"\n[2] streaming, time to first token at concurrency 1: {args.rounds} rounds x {args.stream_requests}")
+    print(f"\n[2] streaming, time to first token at concurrency 1: {args.rounds} rounds x {stream_requests}")
     results["ttft_c1"] = print_sequential(
-        sequential_phase(targets, args.rounds, args.stream_requests, stream=True), "direct", gateways
+        sequential_phase(targets, args.rounds, stream_requests, stream=True), "direct", servers
     )
 
-    print(
-        f"\n[3] requests per second: {args.load_rounds} round(s) of {args.duration:g} s runs,"
-        f" each after {args.warmup:g} s of warm-up"
-    )
     throughput: dict[str, Any] = {}
-    for level in [int(c) for c in args.concurrency.split(",")]:
+    results["throughput"] = throughput
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if len(body) > LOAD_MAX_BYTES:
+        levels = []
+        print(
+            f"\n[3] requests per second: skipped for a body over {LOAD_MAX_BYTES // 1024} KiB. The fake parses every"
+            " body with the json module (~10 ms for 600 KB) on the CPU it shares with the load generator, so under"
+            " load it, not the target, would be measured."
+        )
+    else:
+        print(
+            f"\n[3] requests per second: {args.load_rounds} round(s) of {args.duration:g} s runs,"
+            f" each after {args.warmup:g} s of warm-up"
+        )
+    for level in levels:
         runs = load_phase(targets, loadgen, level, args.load_rounds, args.duration, args.warmup)
         row: dict[str, Any] = {}
         for name, loads in runs.items():
@@ -816,25 +993,87 @@ def standard_phases(
             cpu = [x.cpu_ms_per_request for x in loads if x.cpu_ms_per_request is not None]
             if cpu:
                 row[name]["cpu_ms_per_request"] = round(statistics.median(cpu), 3)
-        line = f"  c={level:<3} direct {row['direct']['rps']:>8,.0f} RPS"
-        for name in gateways:
-            row[name]["ratio_to_direct"] = round(row[name]["rps"] / row["direct"]["rps"], 3)
+        print(f"  c={level:<3} direct {row['direct']['rps']:>8,.0f} RPS")
+        for name in servers:
+            row[name]["ratio_to_direct"] = round(row[name]["rps"] / max(row["direct"]["rps"], 1e-9), 3)
             g = row[name]
-            line += (
-                f" | {name} {g['rps']:>6,.0f} RPS (ratio {g['ratio_to_direct']:.3f}, p50 {g['p50_ms']:.1f} ms,"
+            print(
+                f"        {name:<10} {g['rps']:>6,.0f} RPS (ratio {g['ratio_to_direct']:.3f}, p50 {g['p50_ms']:.1f} ms,"
                 f" p99 {g['p99_ms']:.1f} ms, CPU {g.get('cpu_ms_per_request', float('nan')):.3f} ms/req)"
+                + (f"  ERRORS {g['errors']}" if g["errors"] else "")
             )
-        errors = sum(r["errors"] for r in row.values())
-        print(line + (f"  ERRORS {errors}" if errors else ""))
         throughput[str(level)] = row
-    results["throughput"] = throughput
 
-    print("\n[4] gateway memory (from /proc)")
+    since = "this body's phases" if peak_reset else "its start"
+    load = f", which ended with the c={levels[-1]} load" if levels else " (concurrency 1 only)"
+    print(f"\n[4] memory (from /proc): peak RSS since {since}{load}")
     results["memory_mib"] = {}
     for target in targets[1:]:
         assert target.pid is not None
         memory = results["memory_mib"][target.name] = memory_mib(target.pid)
         print(f"  {target.name}: peak RSS {memory.get('VmHWM', '?')} MiB, now {memory.get('VmRSS', '?')} MiB")
+
+
+# Issue 13's goals: (bodies, label, figure, <= or >=, limit). Ratios are gateway / floor, in the same run.
+GOALS: list[tuple[tuple[str, ...], str, str, str, float]] = [
+    (("small",), "CPU per request at c=16 / floor's", "cpu16", "<=", 1.3),
+    (("small",), "added p50 at c=1 / floor's", "added_p50", "<=", 1.3),
+    (("small",), "RPS at c=16 / floor's", "rps16", ">=", 0.75),
+    (("small",), "added time to first token / floor's", "added_ttft", "<=", 1.3),
+    (("opencode", "agent"), "overhead header / msgspec decode+encode", "header_vs_msgspec", "<=", 3.0),
+    (("opencode",), "added p50 at c=1 / floor's", "added_p50", "<=", 1.5),
+    (("opencode",), "RPS at c=16 / floor's", "rps16", ">=", 0.6),
+    (("opencode",), "CPU per request at c=16 / floor's", "cpu16", "<=", 1.6),
+    (("stream",), f"relay cost per chunk, µs ({RELAY_CHUNKS} at 0 ms)", "relay", "<=", 20.0),
+    (("small", "opencode"), "peak RSS MiB (c=64 load included)", "peak_rss", "<=", 90.0),
+]
+
+
+def goal_figure(results: dict[str, Any], body: str, gateway: str, floor: str, kind: str) -> float | None:
+    """One figure of the goal table, or None when the run did not measure it."""
+
+    def get(*path: str) -> Any:
+        found: Any = results["relay"] if body == "stream" else results["bodies"][body]
+        for key in path:
+            if not isinstance(found, dict) or key not in found:
+                return None
+            found = found[key]
+        return found
+
+    def ratio(*path: str) -> float | None:
+        a, b = get(*path[:-1], gateway, path[-1]), get(*path[:-1], floor, path[-1])
+        return a / b if a is not None and b else None
+
+    if kind == "cpu16":
+        return ratio("throughput", "16", "cpu_ms_per_request")
+    if kind == "rps16":
+        return ratio("throughput", "16", "rps")
+    if kind in ("added_p50", "added_ttft"):
+        a, b = (get("latency_c1" if kind == "added_p50" else "ttft_c1", t, "added", "p50_ms") for t in (gateway, floor))
+        return a / b if a is not None and b else None
+    if kind == "header_vs_msgspec":
+        header, parse = get("latency_c1", gateway, "own_overhead_header_p50_ms"), get("msgspec_roundtrip_ms")
+        return header / parse if header is not None and parse else None
+    found = get("memory_mib", gateway, "VmHWM") if kind == "peak_rss" else get(gateway, "relay_us_per_chunk")
+    return float(found) if found is not None else None
+
+
+def goal_table(results: dict[str, Any], gateways: list[str], floor: str) -> list[dict[str, Any]]:
+    """Print issue 13's goals with PASS / FAIL for each gateway; goals of bodies not measured are left out."""
+    rows: list[dict[str, Any]] = []
+    measured = {*results["bodies"], *(["stream"] if "relay" in results else [])}
+    for gateway in gateways:
+        print(f"\ngoals (issue 13) for {gateway}; ratios are to the bare passthrough ({floor}) in the same run:")
+        print(f"  {'body':<9} {'goal':<42} {'measured':>9}  {'limit':<9} verdict")
+        for bodies, label, kind, op, limit in GOALS:
+            for body in (b for b in bodies if b in measured):
+                value = goal_figure(results, body, gateway, floor, kind)
+                verdict = None if value is None else (value <= limit if op == "<=" else value >= limit)
+                word = "n/a" if verdict is None else "PASS" if verdict else "FAIL"
+                shown = "n/a" if value is None else f"{value:.2f}"
+                print(f"  {body:<9} {label:<42} {shown:>9}  {op} {limit:<6g} {word}")
+                rows.append({"gateway": gateway, "body": body, "goal": label, "value": value, "pass": verdict})
+    return rows
 
 
 def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, Any]:
@@ -846,7 +1085,7 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
     kind = choose_loadgen(args.loadgen)
     loadgen = LoadGenerator(kind, workdir)
     pinning = (
-        f"gateway on CPU {cpus[0]}; fake, load generator and this script on CPU {','.join(map(str, cpus[1:]))}"
+        f"gateways on CPU {cpus[0]}; fake, load generator and this script on CPU {','.join(map(str, cpus[1:]))}"
         if pinned
         else "none (--no-pin or 1 CPU)"
     )
@@ -892,22 +1131,51 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
         {**json_headers, "Authorization": f"Bearer {UPSTREAM_KEY}"},
     )
     targets = [direct]
+    headers = {**json_headers, "Authorization": f"Bearer {key}"}
     for name, engine in engines.items():
         port, log = free_port(), workdir / f"{name}.log"
         serve = [*engine.argv, "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
         engine_env = {**env, "ENGINE_SPECS": str(engine.specs)}
         process = procs.start(serve, engine_env, log, gateway_cpus, cwd=engine.cwd)
         wait_until_listening(port, process, log)
-        headers = {**json_headers, "Authorization": f"Bearer {key}"}
         targets.append(Target(name, port, "/external/v1/chat/completions", PUBLIC_MODEL, headers, process.pid))
         print(f"{name}: {engine.label}: engine serve --workers 1 (pid {process.pid}, port {port})")
     gateways = [t.name for t in targets[1:]]
+    if not args.no_floor:  # the bare passthrough, the same key header so that the request bytes match
+        port, log = free_port(), workdir / "floor.log"
+        floor_argv = [sys.executable, str(Path(__file__).with_name("passthrough.py")), "--host", HOST]
+        floor_argv += ["--port", str(port), "--upstream", f"http://{HOST}:{fake_port}/v1", "--key", UPSTREAM_KEY]
+        process = procs.start(floor_argv, env, log, gateway_cpus)
+        wait_until_listening(port, process, log)
+        targets.append(Target("floor", port, "/external/v1/chat/completions", UPSTREAM_MODEL, headers, process.pid))
+        print(f"floor: bench/passthrough.py, the bare passthrough (pid {process.pid}, port {port})")
 
+    results["bodies"] = {}
     if not args.only_soak:
-        standard_phases(args, targets, loadgen, results)
+        for name in args.body.split(","):
+            doc = load_body(name)
+            for target in targets:
+                target.body, target.body_name = doc, name if name in BODIES else Path(name).stem
+            size = len(direct.body_bytes())
+            tools = len(doc.get("tools") or [])
+            print(f"\n=== body {name}: {size:,} bytes, {len(doc['messages'])} messages, {tools} tools")
+            standard_phases(args, targets, loadgen, results["bodies"].setdefault(name, {"bytes": size}))
+        if args.relay_requests:
+            print(
+                f"\n[5] stream relay: {args.rounds} rounds x {args.relay_requests} streams of {RELAY_CHUNKS} chunks"
+                " sent back to back by the fake; time from the first event to the end, and CPU"
+            )
+            relay = results["relay"] = relay_phase(targets, args.rounds, args.relay_requests, fake_port, RELAY_CHUNKS)
+            for name, row in relay.items():
+                line = f"  {name:<10} after the first event {row['stream_after_first_event_ms']:8.3f} ms"
+                if "relay_us_per_chunk" in row:
+                    line += f"   relay cost {row['relay_us_per_chunk']:6.2f} µs/chunk"
+                if "cpu_us_per_chunk" in row:
+                    line += f"   CPU {row['cpu_us_per_chunk']:6.2f} µs/chunk"
+                print(line)
 
     if args.profile:
-        print(f"\n[5] py-spy profile of the gateway at concurrency 16, {args.profile:g} s")
+        print(f"\n[6] py-spy profile of the gateway at concurrency 16, {args.profile:g} s")
         lines = profile_gateway(targets[1], args.profile, loadgen, workdir / "profile.txt")
         results["profile"] = lines
         print("\n".join(f"  {x}" for x in lines))
@@ -916,26 +1184,29 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
         gateway = targets[1]
         note = f"; {', '.join(gateways[1:])} not soaked" if len(gateways) > 1 else ""
         print(
-            f"\n[6] soak: {args.soak:g} s at concurrency {SOAK_CONCURRENCY} against {gateway.name}, windows of"
+            f"\n[7] soak: {args.soak:g} s at concurrency {SOAK_CONCURRENCY} against {gateway.name}, windows of"
             f" ~{args.soak_window:g} s alternating non-streaming and streaming chat completions{note}"
         )
         results["soak"] = soak_phase(gateway, loadgen, args.soak, args.soak_window, direct.port)
         print(
-            f"\n[7] client disconnects mid-stream: {DISCONNECT_ROUNDS} rounds x {DISCONNECTS_PER_ROUND} streaming"
+            f"\n[8] client disconnects mid-stream: {DISCONNECT_ROUNDS} rounds x {DISCONNECTS_PER_ROUND} streaming"
             f" requests, {DISCONNECTS_AT_ONCE} at once, each closed after its first event (the fake streams"
             f" {SLOW_EVENTS} events {SLOW_EVENT_DELAY * 1000:g} ms apart unless the gateway hangs up)"
         )
         results["disconnects"] = disconnect_phase(gateway, direct.port)
 
-    if not args.only_soak:
-        print("\ntargets: added p50 <= 1 ms at concurrency 1; >= 2,000 RPS on one worker")
-        for name in gateways:
-            add = results["latency_c1"][name]["added"]["p50_ms"]
-            best = max(row[name]["rps"] for row in results["throughput"].values())
-            print(
-                f"  {name}: added p50 {add:.3f} ms ({'met' if add <= 1.0 else 'NOT met'}); "
-                f"best {best:,.0f} RPS ({'met' if best >= 2000 else 'NOT met'})"
-            )
+    if results["bodies"]:
+        print("\nearlier targets: added p50 <= 1 ms at concurrency 1; >= 2,000 RPS on one worker")
+        for body, found in results["bodies"].items():
+            for name in gateways:
+                add = found["latency_c1"][name]["added"]["p50_ms"]
+                best = max((row[name]["rps"] for row in found["throughput"].values()), default=float("nan"))
+                print(
+                    f"  {body:<9} {name}: added p50 {add:.3f} ms ({'met' if add <= 1.0 else 'NOT met'}); "
+                    f"best {best:,.0f} RPS ({'met' if best >= 2000 else 'NOT met'})"
+                )
+        if not args.no_floor:
+            results["goals"] = goal_table(results, gateways, "floor")
     return results
 
 
@@ -954,6 +1225,21 @@ def main(argv: list[str] | None = None) -> int:
         "--loadgen", choices=("auto", "wrk", "python", "aiohttp"), default="auto", help="default: wrk if on PATH"
     )
     parser.add_argument("--no-pin", action="store_true", help="leave process placement to the scheduler")
+    parser.add_argument(
+        "--body",
+        default="small",
+        metavar="NAME[,NAME...]",
+        help=f"request bodies, each measured in its own interleaved phases: {', '.join(BODIES)} or a JSON file"
+        " (default small)",
+    )
+    parser.add_argument("--no-floor", action="store_true", help="leave out the bare passthrough (bench/passthrough.py)")
+    parser.add_argument(
+        "--relay-requests",
+        type=int,
+        default=10,
+        metavar="N",
+        help=f"streams of {RELAY_CHUNKS} chunks per target per round for the relay cost (default 10; 0 skips it)",
+    )
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy the gateway under load")
     parser.add_argument(
         "--engine", metavar="DIR|CMD", help="checkout directory or `engine` command (default: this one)"
@@ -980,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_soak and not args.soak:
         parser.error("--only-soak needs --soak SECONDS")
     if args.time_limit is None:
-        args.time_limit = 300 + (args.soak + 60 if args.soak else 0)
+        args.time_limit = 300 * len(args.body.split(",")) + (args.soak + 60 if args.soak else 0)
 
     def expire(signum: int, frame: object) -> None:
         raise TimeLimit(f"the run exceeded --time-limit {args.time_limit:g} s")
