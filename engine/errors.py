@@ -8,6 +8,8 @@ what to change, and never carry a provider key, an upstream address or a traceba
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
 import msgspec
 
@@ -58,6 +60,32 @@ def status_of(code: str | None, type: str | None) -> int:
     return _STATUS_OF_CODE.get(code or "") or _STATUS_OF_TYPE.get(type or "") or 500
 
 
+class Kind(StrEnum):
+    """How an upstream attempt failed. `engine.attempts` decides from this what runs next."""
+
+    REFUSED = "refused"  # connection refused, or reset before the request was written
+    CONNECT_TIMEOUT = "connect_timeout"
+    POOL_TIMEOUT = "pool_timeout"  # no connection to this provider freed up in time
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"  # sent, then no answer began in time
+    IDLE_TIMEOUT = "idle_timeout"  # the answer began, then stalled between chunks
+    TOTAL_TIMEOUT = "total_timeout"  # the attempt as a whole ran out of time
+    DROPPED = "dropped"  # sent, then the connection failed before the answer was complete
+    STATUS = "status"  # the upstream answered with an error (an error status, or an error as its answer)
+    INVALID = "invalid"  # the upstream answered something that is not its protocol
+    DEADLINE = "deadline"  # the client's own deadline left no time for (another) attempt
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What happened to one upstream attempt, as the attempt policy needs it (never shown to a client)."""
+
+    kind: Kind
+    sent: bool  # the request reached the provider, which may have done (and billed) the work
+    status: int | None = None  # the status the upstream's error stands for, before error rules rewrote it
+    code: str | None = None  # the upstream's own error code (`insufficient_quota`), before sanitizing
+    retry_after: float | None = None  # seconds the upstream asked us to wait, from its headers
+
+
 class GatewayError(Exception):
     """An error answer, ready to render."""
 
@@ -78,7 +106,7 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
-        self.retryable = False  # set by the proxy: another provider may serve this request instead
+        self.failure: Failure | None = None  # set when an upstream attempt failed: the policy's input
 
     def payload(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -87,10 +115,10 @@ class GatewayError(Exception):
         return msgspec.json.encode(self.payload())
 
 
-def upstream_failure(status: int, message: str, code: str, *, retryable: bool = False) -> GatewayError:
+def upstream_failure(status: int, message: str, code: str, kind: Kind, *, sent: bool = True) -> GatewayError:
     """The upstream failed in transport or protocol (not with an error body of its own)."""
     error = GatewayError(status, message, type="api_error", code=code)
-    error.retryable = retryable
+    error.failure = Failure(kind, sent)
     return error
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from engine.attempts import Policy
 from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
 from engine.liveness import Prober
@@ -40,6 +41,7 @@ class Gateway:
     authenticate: Authenticator
     forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
     prober: Prober  # keeps local servers' liveness current
+    attempts: Policy  # routes.fallback: what runs after a failed upstream attempt
 
     @classmethod
     def build(
@@ -73,6 +75,7 @@ class Gateway:
             ),
             authenticate=Authenticator(store, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
             prober=Prober(client, catalog),
+            attempts=Policy(routes.fallback),
         )
 
     async def startup(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from litestar import Request, Response
 
+from engine import attempts
 from engine.catalog import Candidate, check_capabilities
 from engine.documents import models_list, models_retrieve
 from engine.errors import GatewayError, invalid_request, not_implemented
@@ -140,41 +141,25 @@ def by_model(row: OperationRow) -> Handler:
         body = await _parse(row, request)
         if validate is not None:
             validate(body)
-        candidates = gw.catalog.resolve_all(_model_of(body))[: gw.specs.routes.fallback.max_attempts]
         ctx = gw.context
-        failed: list[GatewayError] = []
-        tried: list[str] = []
-        for candidate in candidates:
-            try:
+
+        def prepared(candidate: Candidate) -> Callable[[], tuple[UpstreamRequest, Renderer]]:
+            def build() -> tuple[UpstreamRequest, Renderer]:
                 if name not in candidate.serves:
                     raise _refuse_unserved(candidate, name)
-                upstream, renderer = prepare(body, candidate, ctx)
-            except GatewayError:
-                if not failed:
-                    raise  # the preferred provider's own refusal (a capability, say) is the answer
-                continue  # a fallback that cannot serve this request is skipped
-            try:
-                response = await proxy(gw, upstream, key, timer, renderer)
-            except GatewayError as error:
-                if not error.retryable:
-                    _name_fallbacks(gw, error.headers, tried)
-                    raise
-                log.warning("%s answered %s; trying the next provider", candidate.provider.id, error.status)
-                failed.append(error)
-                tried.append(candidate.provider.id)
-                continue
-            _name_fallbacks(gw, response.headers, tried)
-            return response
-        _name_fallbacks(gw, failed[-1].headers, tried[:-1])
-        raise failed[-1]
+                return prepare(body, candidate, ctx)
+
+            return build
+
+        def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
+            return proxy(gw, ready[0], key, timer, ready[1])
+
+        candidates = [
+            (c.provider.id, c.provider.spec.retry, prepared(c)) for c in gw.catalog.resolve_all(_model_of(body))
+        ]
+        return await attempts.run(gw.attempts, gw.specs.routes.headers, candidates, attempt)
 
     return operation
-
-
-def _name_fallbacks(gw: Gateway, headers: Any, failed: list[str]) -> None:
-    name = gw.specs.routes.headers.fallback_from
-    if name and failed:
-        headers[name] = ",".join(failed)
 
 
 def unimplemented(name: str) -> Handler:

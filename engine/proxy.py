@@ -21,7 +21,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from engine.errors import GatewayError, upstream_failure
+from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
 from engine.lower import UpstreamRequest
 from engine.shapes.base import Renderer, Sanitize
@@ -90,20 +90,29 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
         extensions={"timeout": _timeout(timeouts.read, timeouts.connect)},
     )
     provider = upstream.candidate.provider.id
-    policy = gw.specs.routes.fallback
     try:
         return await gw.client.send(request, stream=True)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except (httpx.ConnectError, httpx.WriteError) as exc:
         log.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
         message = f"The gateway could not reach the upstream provider `{provider}`. Retry shortly."
-        raise upstream_failure(502, message, "upstream_unreachable", retryable=policy.on_unreachable) from None
+        raise upstream_failure(502, message, "upstream_unreachable", Kind.REFUSED, sent=False) from None
+    except httpx.ConnectTimeout:
+        message = f"Connecting to the upstream provider `{provider}` timed out. Retry shortly."
+        raise upstream_failure(504, message, "upstream_connect_timeout", Kind.CONNECT_TIMEOUT, sent=False) from None
+    except httpx.PoolTimeout:
+        message = f"No connection to the upstream provider `{provider}` came free in time. Retry shortly."
+        raise upstream_failure(504, message, "upstream_pool_timeout", Kind.POOL_TIMEOUT, sent=False) from None
     except httpx.TimeoutException:
-        message = f"The upstream provider `{provider}` did not answer in time. Retry, or try again later."
-        raise upstream_failure(504, message, "upstream_timeout", retryable=policy.on_timeout) from None
-    except httpx.TransportError as exc:  # the request went out, then the connection failed: no retry
+        raise _first_byte_timeout(provider) from None
+    except httpx.TransportError as exc:  # the request went out, then the connection failed
         log.warning("upstream %s failed: %s", provider, type(exc).__name__)
         message = f"The connection to the upstream provider `{provider}` failed. Retry shortly."
-        raise upstream_failure(502, message, "upstream_unreachable") from None
+        raise upstream_failure(502, message, "upstream_unreachable", Kind.DROPPED) from None
+
+
+def _first_byte_timeout(provider: str) -> GatewayError:
+    message = f"The upstream provider `{provider}` did not start answering in time. Retry, or try again later."
+    return upstream_failure(504, message, "upstream_first_byte_timeout", Kind.FIRST_BYTE_TIMEOUT)
 
 
 async def proxy(
@@ -158,7 +167,7 @@ async def _proxy(
         doc = _decode(raw)
     except msgspec.DecodeError:
         message = f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON."
-        raise upstream_failure(502, message, "upstream_invalid_response") from None
+        raise upstream_failure(502, message, "upstream_invalid_response", Kind.INVALID) from None
     raised = wire.raise_json(doc, call)
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
         raise _upstream_error(gw, upstream, key, response, sanitize, None, raised)
@@ -202,10 +211,14 @@ def _upstream_error(
     raw: UpstreamError,
 ) -> GatewayError:
     """An upstream error, answered before anything reached the client: sanitized, with the upstream headers
-    routes.toml forwards, retryable on another provider when the fallback policy says so."""
+    routes.toml forwards, and its `Failure` for the attempt policy (the status it stands for, the upstream's
+    own code and retry-after). `status` None: an error reported inside a 200 answer or stream."""
     error = sanitize(status, raw)
     error.headers.update(_forwarded(gw, response))
-    error.retryable = (status or raw.status or error.status) in gw.specs.routes.fallback.on_status
+    # a 2xx that is not the protocol asked for (JSON to a stream call) is not an error the upstream reported
+    kind = Kind.INVALID if status is not None and response.status_code < 400 else Kind.STATUS
+    retry_after = gw.attempts.retry_after(response.headers)
+    error.failure = Failure(kind, True, status or raw.status or error.status, raw.code, retry_after)
     candidate = upstream.candidate
     gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
     return error
@@ -227,13 +240,12 @@ async def _committed(
         return items
     except httpx.TimeoutException:
         await response.aclose()
-        message = f"The upstream provider `{upstream.candidate.provider.id}` did not start its answer in time."
-        raise upstream_failure(504, message, "upstream_timeout") from None
+        raise _first_byte_timeout(upstream.candidate.provider.id) from None
     except (StreamBroken, httpx.TransportError) as exc:
         await response.aclose()
         log.warning("stream from %s broke before its first item: %s", upstream.candidate.provider.id, exc)
         message = "The upstream stream ended before sending anything. Retry shortly."
-        raise upstream_failure(502, message, "upstream_stream_interrupted") from None
+        raise upstream_failure(502, message, "upstream_stream_interrupted", Kind.DROPPED) from None
     except BaseException:
         await response.aclose()
         raise
@@ -260,12 +272,11 @@ async def _read(response: httpx.Response) -> bytes:
     try:
         return await response.aread()
     except httpx.TimeoutException:
-        raise upstream_failure(
-            504, "The upstream provider stopped answering mid-response.", "upstream_timeout"
-        ) from None
+        message = "The upstream provider stopped answering mid-response."
+        raise upstream_failure(504, message, "upstream_idle_timeout", Kind.IDLE_TIMEOUT) from None
     except httpx.TransportError:
         message = "The upstream connection failed mid-response. Retry shortly."
-        raise upstream_failure(502, message, "upstream_unreachable") from None
+        raise upstream_failure(502, message, "upstream_unreachable", Kind.DROPPED) from None
     finally:
         await response.aclose()
 
@@ -301,7 +312,7 @@ async def _relay(
     except (StreamBroken, httpx.TransportError) as exc:
         log.warning("stream from %s broke: %s", candidate.provider.id, exc)
         message = "The upstream stream ended unexpectedly; the answer is incomplete."
-        yield renderer.broken(upstream_failure(502, message, "upstream_stream_interrupted"))
+        yield renderer.broken(upstream_failure(502, message, "upstream_stream_interrupted", Kind.DROPPED))
     finally:
         await response.aclose()
         gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 Expression = Annotated[
     str,
@@ -115,6 +115,11 @@ class DiagnosticHeaders(Strict):
         pattern=r"^[a-z0-9-]+$",
         description="When set, an answer served after a fallback names the providers that failed first.",
     )
+    attempts: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+$",
+        description="When set, every proxied answer says how many upstream attempts it took (retries included).",
+    )
     overhead: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9-]+$",
@@ -139,24 +144,58 @@ class Sanitize(Strict):
     )
 
 
-class Fallback(Strict):
-    """When the preferred provider of a public model fails before anything reached the client, the next
-    live provider serving the same public ID (by `provider.priority`) is tried."""
+TimeUnit = Literal["s", "ms"]
 
-    max_attempts: int = Field(default=2, ge=1, description="Providers tried per request, the first included.")
-    on_status: list[int] = Field(
-        default_factory=lambda: [429, 500, 502, 503, 504],
-        description="Upstream HTTP statuses that move on to the next provider.",
+
+class Fallback(Strict):
+    """Which failed attempts are tried again (`engine/attempts.py` applies it).
+
+    Before anything reached the client, a failed attempt is retried on the same provider (its `[retry]`
+    table says how often and how long to back off), then the next live provider serving the same public
+    ID (by `provider.priority`) is tried. A 4xx other than 408, 409 and 429 is the request's fault and is
+    answered as it is."""
+
+    max_providers: int = Field(default=2, ge=1, description="Providers tried per request, the first included.")
+    on_status: list[Annotated[int, Field(ge=400, le=599)]] = Field(
+        default_factory=lambda: [408, 409, 429, 500, 502, 503, 504],
+        description="Upstream HTTP statuses retried, then moved on from. Only 408, 409, 429 and 5xx may be listed.",
+    )
+    exhausted_codes: list[str] = Field(
+        default_factory=lambda: ["insufficient_quota"],
+        description="Upstream error codes meaning the gateway's account at that provider is out of quota:"
+        " the next provider is tried, the same one never again for this request.",
     )
     on_unreachable: bool = Field(
         default=True,
-        description="Move on when the upstream refuses or drops the connection before the request was sent.",
+        description="Retry when the upstream refuses the connection or it cannot be made in time, before the"
+        " request was sent.",
     )
     on_timeout: bool = Field(
         default=False,
-        description="Move on when the upstream accepted the request but did not answer in time. Off by default:"
-        " that provider may have done, and billed, the work.",
+        description="Move on to the next provider when the request was sent and then no answer came in time, or"
+        " the connection dropped. Off by default: that provider may have done, and billed, the work.",
     )
+    retry_after_max: float = Field(
+        default=10.0,
+        ge=0,
+        description="Longest wait, in seconds, an upstream's retry-after is honoured for; a longer one moves on to"
+        " the next provider instead (or is answered, with its retry-after, when none is left).",
+    )
+    retry_after_headers: dict[str, TimeUnit] = Field(
+        default_factory=lambda: dict[str, TimeUnit](
+            {"retry-after-ms": "ms", "x-ms-retry-after-ms": "ms", "retry-after": "s"}
+        ),
+        description="Upstream headers that say how long to wait before retrying, in order of preference, and"
+        " their unit (`retry-after` may also be an HTTP date).",
+    )
+
+    @field_validator("on_status")
+    @classmethod
+    def _only_retryable_statuses(cls, statuses: list[int]) -> list[int]:
+        wrong = [s for s in statuses if s < 500 and s not in (408, 409, 429)]
+        if wrong:
+            raise ValueError(f"{wrong}: a 4xx other than 408, 409 and 429 is the request's fault, never retried")
+        return statuses
 
 
 class Route(Strict):
@@ -226,6 +265,16 @@ class Liveness(Strict):
 class Timeouts(Strict):
     connect: float = Field(default=10.0, gt=0)
     read: float = Field(default=300.0, gt=0, description="Longest wait for the next bytes from upstream.")
+
+
+class Retry(Strict):
+    """Retries of a failed attempt on this same provider, with jittered exponential backoff: the n-th retry
+    waits between half and all of `min(backoff_max, backoff_initial * 2**n)`, or what the upstream's
+    retry-after asks (up to routes.toml `fallback.retry_after_max`)."""
+
+    max_retries: int = Field(default=1, ge=0, le=10, description="Retries after the first try; 0 never retries.")
+    backoff_initial: float = Field(default=0.25, ge=0, description="Seconds before the first retry (at most).")
+    backoff_max: float = Field(default=4.0, ge=0, description="Longest backoff between two tries, in seconds.")
 
 
 class Clamp(Strict):
@@ -337,6 +386,7 @@ class ProviderSpec(Strict):
     auth: Auth
     liveness: Liveness = Liveness()
     timeouts: Timeouts = Timeouts()
+    retry: Retry = Retry()
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers sent upstream.")
     mappings: list[Mapping] = Field(default_factory=list)
     wire_rules: list[WireRule] = Field(
