@@ -210,6 +210,15 @@ def test_a_stream_that_fails_before_its_first_byte_falls_back(gw: InProcess) -> 
     assert response.headers["x-compose-upstream-provider"] == "openrouter"
 
 
+def test_an_error_reported_as_a_streams_first_item_is_retried_like_its_status(gw: InProcess) -> None:
+    """Nothing went to the client yet: a rate limit inside a 200 stream is a 429 like any other."""
+    limited = {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded"}}
+    gw.upstreams.script("openai", sse([limited]))
+    response = gw.post(CHAT, json=ONE_PROVIDER | {"stream": True})
+    assert response.status_code == 200 and response.text.rstrip().endswith("data: [DONE]")
+    assert gw.upstreams.hits("openai") == 2
+
+
 # ---------------------------------------------------------------------------------------- candidates
 
 

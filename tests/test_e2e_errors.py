@@ -328,7 +328,8 @@ def test_a_client_hanging_up_mid_stream_closes_the_upstream_stream(gateway: Any,
 
 def test_an_error_before_any_stream_content_is_a_real_http_error(http: httpx.Client, upstream: Any) -> None:
     """The upstream opened a 200 stream but its first event is an error: nothing went out yet, so the
-    client gets that error's status (here 429, from its type), sanitized, with the diagnostic headers."""
+    client gets that error's status (here 429, from its type), sanitized, with the diagnostic headers. Its
+    retry-after is over routes.toml's `retry_after_max`, so the gateway does not wait it out itself."""
     upstream.script(
         {
             "sse": [
@@ -341,7 +342,7 @@ def test_an_error_before_any_stream_content_is_a_real_http_error(http: httpx.Cli
                     }
                 }
             ],
-            "headers": {"retry-after": "3"},
+            "headers": {"retry-after": "30"},
         }
     )
     body = {"model": "openai/gpt-4.1", "messages": HELLO, "stream": True}
@@ -349,7 +350,7 @@ def test_an_error_before_any_stream_content_is_a_real_http_error(http: httpx.Cli
     assert response.status_code == 429
     error = error_of(response)
     assert error["code"] == "rate_limit_exceeded" and "[redacted]" in error["message"]
-    assert response.headers["retry-after"] == "3"
+    assert response.headers["retry-after"] == "30"
     assert response.headers["x-compose-upstream-provider"] == "openai"
     assert PROVIDER_KEY not in response.text
 
