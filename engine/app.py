@@ -31,7 +31,7 @@ def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
 
     async def handle(request: Request[Any, Any, Any]) -> Response[Any]:
         timer = Timer(time.perf_counter())
-        key = gw.authenticate(request.headers.get("authorization")) if needs_key else None
+        key = await gw.authenticate(request.headers.get("authorization")) if needs_key else None
         return await operation(gw, request, key, timer)
 
     handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"

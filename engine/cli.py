@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +202,10 @@ def _lowerable() -> list[str]:
     return [name for name, row in OPERATIONS.items() if row.resolve == "model" and row.body == "json"]
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from engine.store import Store, default_db_path
+def _database(args: argparse.Namespace) -> Any:
+    from engine.storage import open_database
 
-    return Store(Path(args.db) if args.db else default_db_path())
+    return open_database(args.db)
 
 
 def _prefix(args: argparse.Namespace) -> str:
@@ -211,36 +214,73 @@ def _prefix(args: argparse.Namespace) -> str:
     return load_specs(_specs_dir(args)).routes.gateway.key_prefix
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from engine.store import StoreError
+async def _keys(args: argparse.Namespace) -> int:
+    from engine.usage_report import grouped
 
-    store = _store(args)
+    db = _database(args)
+    await db.open()
     try:
         if args.keys_command == "create":
-            key = store.create_key(args.name, _prefix(args))
+            key = await db.create_key(args.name, _prefix(args))
             print(f"created key {args.name!r}; it is shown once, store it now:", file=sys.stderr)
             print(key)
         elif args.keys_command == "list":
-            usage = store.usage_by_key()
+            records = await db.list_keys()
+            totals = {e["key"]: e for e in grouped(await db.daily(), ["key"], {})}
             print(
                 f"{'NAME':<20} {'ID':<13} {'CREATED':<20} {'STATE':<8} {'REQUESTS':>9} {'TOKENS':>12} {'COST_USD':>10}"
             )
-            for record in store.list_keys():
+            for record in records:
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created_at))
                 state = "revoked" if record.revoked_at else "active"
-                requests, prompt, completion, cost = usage.get(record.id, (0, 0, 0, 0.0))
+                usage = totals.get(record.id, {})
+                tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
                 print(
-                    f"{record.name:<20} {record.id:<13} {created:<20} {state:<8} {requests:>9} "
-                    f"{prompt + completion:>12} {cost:>10.6f}"
+                    f"{record.name:<20} {record.id:<13} {created:<20} {state:<8} {usage.get('requests', 0):>9} "
+                    f"{tokens:>12} {usage.get('cost_usd', 0.0):>10.6f}"
                 )
         elif args.keys_command == "revoke":
-            store.revoke_key(args.name)
+            await db.revoke_key(args.name)
             print(f"revoked key {args.name!r}")
-    except StoreError as exc:
-        print(f"engine keys: {exc}", file=sys.stderr)
-        return 1
     finally:
-        store.close()
+        await db.close()
+    return 0
+
+
+def _with_database(command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[..., int]:
+    """A database command for argparse: run it on an event loop; a StoreError is its one-line failure."""
+
+    def run(args: argparse.Namespace) -> int:
+        from engine.storage import StoreError
+
+        try:
+            return asyncio.run(command(args))
+        except StoreError as exc:
+            print(f"engine {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+async def _usage(args: argparse.Namespace) -> int:
+    from engine.usage_report import GROUPS, grouped, table
+
+    by = [name.strip() for name in args.by.split(",") if name.strip()]
+    unknown = [name for name in by if name not in GROUPS]
+    if unknown or not by:
+        print(f"engine usage: --by takes a comma-separated list of {', '.join(GROUPS)}", file=sys.stderr)
+        return 2
+    db = _database(args)
+    await db.open()
+    try:
+        names = {record.id: record.name for record in await db.list_keys()}
+        items = await db.daily(args.since, args.until)
+    finally:
+        await db.close()
+    if args.key:
+        items = [item for item in items if names.get(item.key_id) == args.key or item.key_id == args.key]
+    entries = grouped(items, by, names)
+    print(json.dumps(entries, indent=2) if args.json else table(entries, by))
     return 0
 
 
@@ -250,6 +290,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     for path in publish(_specs_dir(args) / "schema"):
         print(f"wrote {path}")
     return 0
+
+
+def _day(value: str) -> str:
+    try:
+        return datetime.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day as YYYY-MM-DD") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,14 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
     lower.set_defaults(func=cmd_lower)
 
     keys = with_specs(sub.add_parser("keys", help="manage gateway keys"))
-    keys.add_argument("--db", help="SQLite file (default: $ENGINE_DB or var/engine.sqlite3)")
+    db_help = "database URL or SQLite file (default: $ENGINE_DB, else var/engine.sqlite3)"
+    keys.add_argument("--db", help=db_help)
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; prints it as the last line")
     create.add_argument("--name", required=True)
     keys_sub.add_parser("list", help="list keys with their usage")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
-    keys.set_defaults(func=cmd_keys)
+    keys.set_defaults(func=_with_database(_keys))
+
+    usage = sub.add_parser("usage", help="usage and cost from the ledger, per key / model / provider / day")
+    usage.add_argument("--db", help=db_help)
+    usage.add_argument("--by", default="day,key,model,provider", help="group by (default: day,key,model,provider)")
+    usage.add_argument("--since", type=_day, help="first day, YYYY-MM-DD (UTC)")
+    usage.add_argument("--until", type=_day, help="last day, YYYY-MM-DD (UTC)")
+    usage.add_argument("--key", help="only this key (name or id)")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    usage.set_defaults(func=_with_database(_usage))
 
     providers = with_specs(
         sub.add_parser("providers", help="list every provider, its environment variables and whether it is live")

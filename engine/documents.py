@@ -15,7 +15,7 @@ from engine.catalog import Candidate
 from engine.errors import invalid_request, model_not_found
 from engine.gateway import Gateway
 from engine.proxy import Timer
-from engine.store import KeyRecord
+from engine.storage import KeyRecord
 
 
 def json_response(doc: Any) -> Response[Any]:

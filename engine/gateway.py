@@ -1,4 +1,4 @@
-"""The gateway's state for one process: specs, catalog, key store, meter and the upstream client,
+"""The gateway's state for one process: specs, catalog, database, usage recorder and the upstream client,
 all built once at start-up. Request handlers only read it."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import httpx
 from engine.attempts import Policy
 from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
+from engine.ledger import Recorder
 from engine.liveness import Prober
 from engine.lower import Context
-from engine.metering import Meter
 from engine.sanitize import Sanitizer
 from engine.spec.loader import Specs, load_specs
-from engine.store import REPO_ROOT, Store, default_db_path
+from engine.storage import REPO_ROOT, Database, open_database
 from engine.transport import make_client
 
 
@@ -32,8 +32,8 @@ def default_specs_dir() -> Path:
 class Gateway:
     specs: Specs
     catalog: Catalog
-    store: Store
-    meter: Meter
+    database: Database
+    recorder: Recorder
     client: httpx.AsyncClient
     sanitizers: dict[str, Sanitizer]
     strip_fields: frozenset[str]
@@ -47,14 +47,14 @@ class Gateway:
     def build(
         cls,
         specs_dir: Path | None = None,
-        db_path: Path | None = None,
+        db_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         env: dict[str, str] | None = None,
     ) -> Gateway:
         specs = load_specs(specs_dir or default_specs_dir())
         catalog = Catalog.from_specs(specs, env)
         catalog.prepare(sorted({route.operation for route in specs.routes.routes}))
-        store = Store(db_path or default_db_path())
+        database = open_database(db_url)  # connected in startup(), on the event loop
         routes = specs.routes
         shared_rules = compile_error_rules(routes.error_rules)
         sanitizers = {
@@ -64,8 +64,8 @@ class Gateway:
         return cls(
             specs=specs,
             catalog=catalog,
-            store=store,
-            meter=Meter(store, routes.gateway.meter_flush_seconds),
+            database=database,
+            recorder=Recorder(database, routes.ledger),
             client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
@@ -73,17 +73,18 @@ class Gateway:
             forward_headers=re.compile(
                 "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
             ),
-            authenticate=Authenticator(store, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
+            authenticate=Authenticator(database, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
             prober=Prober(client, catalog),
             attempts=Policy(routes.fallback),
         )
 
     async def startup(self) -> None:
-        self.meter.start()
+        await self.database.open()
+        self.recorder.start()
         await self.prober.start()
 
     async def shutdown(self) -> None:
         await self.prober.stop()
-        await self.meter.stop()
+        await self.recorder.stop()
         await self.client.aclose()
-        self.store.close()
+        await self.database.close()

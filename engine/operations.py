@@ -27,6 +27,7 @@ from engine.catalog import Candidate, check_capabilities
 from engine.documents import models_list, models_retrieve
 from engine.errors import GatewayError, invalid_request, not_implemented
 from engine.gateway import Gateway
+from engine.ledger import Trip
 from engine.lower import Context, UpstreamRequest, lower_request
 from engine.proxy import Timer, proxy
 from engine.select import select_wire
@@ -34,7 +35,7 @@ from engine.shapes.base import Renderer
 from engine.shapes.chat import CHAT
 from engine.shapes.responses import FromChatRenderer, NativeRenderer
 from engine.shapes.responses_request import capability_view, to_chat
-from engine.store import KeyRecord
+from engine.storage import KeyRecord
 from engine.validate import parse_json_object, validate_chat, validate_responses
 from engine.wires.base import AnswerKind, BodyKind
 
@@ -151,13 +152,20 @@ def by_model(row: OperationRow) -> Handler:
 
             return build
 
+        trip = Trip.begin(key.id, name, timer.started)
+        trip.prompt_estimate = len(await request.body()) // 4  # the body is cached: no second read
+
         def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
-            return proxy(gw, ready[0], key, timer, ready[1])
+            return proxy(gw, ready[0], trip, timer, ready[1])
 
         candidates = [
             (c.provider.id, c.provider.spec.retry, prepared(c)) for c in gw.catalog.resolve_all(_model_of(body))
         ]
-        return await attempts.run(gw.attempts, gw.specs.routes.headers, candidates, attempt)
+        try:
+            return await attempts.run(gw.attempts, gw.specs.routes.headers, candidates, attempt)
+        except Exception as error:  # kept in the ledger if it reached a provider
+            gw.recorder.finish(trip, None, error.status if isinstance(error, GatewayError) else 500, "error")
+            raise
 
     return operation
 

@@ -9,6 +9,7 @@ type, never held whole. Diagnostic headers go on every answer.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -23,9 +24,9 @@ from litestar.response import Stream
 
 from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
+from engine.ledger import Trip
 from engine.lower import UpstreamRequest
 from engine.shapes.base import Renderer, Sanitize
-from engine.store import KeyRecord
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
 from engine.wires.sse import iter_events
 
@@ -34,14 +35,17 @@ _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 
-def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest) -> dict[str, str]:
+def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest, trip: Trip) -> dict[str, str]:
     names = gw.specs.routes.headers
     candidate = upstream.candidate
-    return {
+    headers = {
         names.public_model: candidate.public_id,
         names.upstream_provider: candidate.provider.id,
         names.upstream_model: candidate.row.upstream,
     }
+    if names.request_id:
+        headers[names.request_id] = trip.request_id
+    return headers
 
 
 def _forwarded(gw: Gateway, response: httpx.Response) -> dict[str, str]:
@@ -115,19 +119,21 @@ def _first_byte_timeout(provider: str) -> GatewayError:
     return upstream_failure(504, message, "upstream_first_byte_timeout", Kind.FIRST_BYTE_TIMEOUT)
 
 
-async def proxy(
-    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer, renderer: Renderer
-) -> Response[Any]:
-    headers = diagnostic_headers(gw, upstream)
+async def proxy(gw: Gateway, upstream: UpstreamRequest, trip: Trip, timer: Timer, renderer: Renderer) -> Response[Any]:
+    """One attempt. A success is recorded in the ledger here (a stream when it ends); a failure is
+    recorded by the caller, which knows whether another attempt follows."""
+    headers = diagnostic_headers(gw, upstream, trip)
+    trip.attempts += 1
+    trip.candidate = upstream.candidate
     try:
-        return await _proxy(gw, upstream, key, timer, renderer, headers)
+        return await _proxy(gw, upstream, trip, timer, renderer, headers)
     except GatewayError as error:
         error.headers.update(headers)
         raise
 
 
 async def _proxy(
-    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, timer: Timer, renderer: Renderer, headers: dict[str, str]
+    gw: Gateway, upstream: UpstreamRequest, trip: Trip, timer: Timer, renderer: Renderer, headers: dict[str, str]
 ) -> Response[Any]:
     candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
     sanitize = gw.sanitizers[candidate.provider.id]
@@ -140,15 +146,15 @@ async def _proxy(
         finally:
             timer.upstream += time.perf_counter() - began
         status = response.status_code if response.status_code >= 400 else 502
-        raise _upstream_error(gw, upstream, key, response, sanitize, status, wire.error_of(raw))
+        raise _upstream_error(gw, upstream, response, sanitize, status, wire.error_of(raw))
 
     headers.update(_forwarded(gw, response))
     if answer == "sse":
         try:
-            items = await _committed(gw, upstream, key, response, sanitize)
+            items = await _committed(gw, upstream, trip, response, sanitize)
         finally:
             timer.upstream += time.perf_counter() - began
-        relay = _relay(gw, upstream, key, response, items, renderer, sanitize)
+        relay = _relay(gw, upstream, trip, response, items, renderer, sanitize)
         return Stream(relay, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
     if answer == "bytes":
         timer.upstream += time.perf_counter() - began
@@ -157,7 +163,7 @@ async def _proxy(
             if value is not None:
                 headers[name] = value
         media_type = response.headers.get("content-type") or "application/octet-stream"
-        return Stream(_relay_bytes(gw, upstream, key, response), media_type=media_type, headers=headers)
+        return Stream(_relay_bytes(gw, upstream, trip, response), media_type=media_type, headers=headers)
 
     try:
         raw = await _read(response)
@@ -170,11 +176,11 @@ async def _proxy(
         raise upstream_failure(502, message, "upstream_invalid_response", Kind.INVALID) from None
     raised = wire.raise_json(doc, call)
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
-        raise _upstream_error(gw, upstream, key, response, sanitize, None, raised)
+        raise _upstream_error(gw, upstream, response, sanitize, None, raised)
     answer_doc = _strip(gw, renderer.json(raised, call))
     if upstream.settle is not None:
         await upstream.settle(call, answer_doc)
-    gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
+    gw.recorder.finish(trip, call.usage, 200)
     overhead = gw.specs.routes.headers.overhead
     if overhead:
         headers[overhead] = timer.overhead_ms()
@@ -186,25 +192,29 @@ _BYTES_HEADERS = ("content-length", "content-encoding", "content-disposition")
 
 
 async def _relay_bytes(
-    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, response: httpx.Response
+    gw: Gateway, upstream: UpstreamRequest, trip: Trip, response: httpx.Response
 ) -> AsyncIterator[bytes]:
     """Upstream bytes → client, chunk by chunk: memory stays at one chunk whatever the answer's size. A cut
     upstream ends the client's body short (its length no longer matches), the only signal bytes can carry."""
     candidate, call = upstream.candidate, upstream.call
+    outcome = "ok"
     try:
         async for chunk in response.aiter_raw():
             yield chunk
     except httpx.TransportError as exc:
+        outcome = "stream_broken"
         log.warning("byte stream from %s broke: %s", candidate.provider.id, exc)
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome = "client_closed"
+        raise
     finally:
         await response.aclose()
-        gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
+        gw.recorder.finish(trip, call.usage, 200, outcome)
 
 
 def _upstream_error(
     gw: Gateway,
     upstream: UpstreamRequest,
-    key: KeyRecord,
     response: httpx.Response,
     sanitize: Sanitize,
     status: int | None,
@@ -219,13 +229,11 @@ def _upstream_error(
     kind = Kind.INVALID if status is not None and response.status_code < 400 else Kind.STATUS
     retry_after = gw.attempts.retry_after(response.headers)
     error.failure = Failure(kind, True, status or raw.status or error.status, raw.code, retry_after)
-    candidate = upstream.candidate
-    gw.meter.record(key.id, candidate.public_id, candidate.provider.id, None, None)
     return error
 
 
 async def _committed(
-    gw: Gateway, upstream: UpstreamRequest, key: KeyRecord, response: httpx.Response, sanitize: Sanitize
+    gw: Gateway, upstream: UpstreamRequest, trip: Trip, response: httpx.Response, sanitize: Sanitize
 ) -> AsyncIterator[StreamItem | UpstreamError]:
     """The raised stream, once its first item has been seen, so the status is decided before it is sent.
 
@@ -233,7 +241,7 @@ async def _committed(
     answer, as if the upstream had answered with that status; so does a stream that breaks before its first
     item. Only the first item is awaited: the happy path pays one `__anext__` of indirection, nothing more.
     """
-    items = _stripped(gw, upstream.choice.wire.raise_stream(iter_events(response.aiter_bytes()), upstream.call))
+    items = _stripped(gw, upstream.choice.wire.raise_stream(iter_events(response.aiter_bytes()), upstream.call), trip)
     try:
         first = await anext(items)
     except StopAsyncIteration:
@@ -252,7 +260,7 @@ async def _committed(
     if isinstance(first, UpstreamError):
         await items.aclose()
         await response.aclose()
-        raise _upstream_error(gw, upstream, key, response, sanitize, None, first)
+        raise _upstream_error(gw, upstream, response, sanitize, None, first)
     return _prepended(first, items)
 
 
@@ -282,12 +290,16 @@ async def _read(response: httpx.Response) -> bytes:
 
 
 async def _stripped(
-    gw: Gateway, items: AsyncIterator[StreamItem | UpstreamError]
+    gw: Gateway, items: AsyncIterator[StreamItem | UpstreamError], trip: Trip
 ) -> AsyncGenerator[StreamItem | UpstreamError]:
-    """Remove the fields routes.toml strips from every chunk; untouched chunks keep their bytes."""
+    """Remove the fields routes.toml strips from every chunk; untouched chunks keep their bytes.
+    Counts the chunks on the way: the ledger's estimate should the stream be cut short."""
     markers = tuple(f'"{f}"'.encode() for f in gw.strip_fields)
     async for item in items:
-        if isinstance(item, bytes) and any(m in item for m in markers):
+        trip.chunks += 1
+        if isinstance(item, UpstreamError):
+            trip.stream_error = True
+        elif isinstance(item, bytes) and any(m in item for m in markers):
             item = _strip(gw, _decode(item))
         elif isinstance(item, dict):
             item = _strip(gw, item)
@@ -297,7 +309,7 @@ async def _stripped(
 async def _relay(
     gw: Gateway,
     upstream: UpstreamRequest,
-    key: KeyRecord,
+    trip: Trip,
     response: httpx.Response,
     items: AsyncIterator[StreamItem | UpstreamError],
     renderer: Renderer,
@@ -306,13 +318,18 @@ async def _relay(
     """Raised items → client SSE, in the client's shape. After content has gone out, an upstream error or a
     cut stream ends it with one OpenAI-shaped error event (the status is already committed)."""
     candidate, call = upstream.candidate, upstream.call
+    outcome = "ok"
     try:
         async for frame_bytes in renderer.frames(items, call, sanitize):
             yield frame_bytes
     except (StreamBroken, httpx.TransportError) as exc:
+        outcome = "stream_broken"
         log.warning("stream from %s broke: %s", candidate.provider.id, exc)
         message = "The upstream stream ended unexpectedly; the answer is incomplete."
         yield renderer.broken(upstream_failure(502, message, "upstream_stream_interrupted", Kind.DROPPED))
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome = "client_closed"  # the client hung up: record what was relayed until then
+        raise
     finally:
         await response.aclose()
-        gw.meter.record(key.id, candidate.public_id, candidate.provider.id, call.usage, candidate.row.price)
+        gw.recorder.finish(trip, call.usage, 200, outcome)

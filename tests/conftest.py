@@ -46,6 +46,17 @@ WEATHER_TOOL = {
 }
 
 
+def content_chunk(text: str, model: str = "gpt-4.1") -> dict[str, Any]:
+    """One streamed chat chunk carrying `text`, as an upstream sends it mid-answer."""
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+
+
 @pytest.fixture(scope="session")
 def fake() -> Any:
     from tests.servers import run_fake
@@ -97,3 +108,41 @@ def http(gateway: Any) -> Any:
 
     with httpx.Client(base_url=gateway.root, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=20) as session:
         yield session
+
+
+# ------------------------------------------------------------------ storage backends
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def create_key(db_url: str, name: str = "t", prefix: str = "compose-", **limits: Any) -> str:
+    """A gateway key in the database at `db_url`, for in-process tests (outside any event loop)."""
+    import asyncio
+
+    from engine.storage import open_database
+
+    async def create() -> str:
+        db = open_database(db_url)
+        await db.open()
+        try:
+            return await db.create_key(name, prefix, limits=limits)
+        finally:
+            await db.close()
+
+    return asyncio.run(create())
+
+
+@pytest.fixture(params=["sqlite"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A migrated, empty database of each backend."""
+    from engine.storage import open_database
+
+    db = open_database(f"sqlite:///{tmp_path}/engine.sqlite3")
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()

@@ -218,9 +218,12 @@ class InProcess:
             if "base_url_env" in provider:
                 env[provider["base_url_env"]] = f"http://{provider['id']}.test/v1"
         self.upstreams = ScriptedUpstreams()
-        self.gateway = Gateway.build(specs, tmp / "engine.sqlite3", httpx.MockTransport(self.upstreams.handle), env)
-        self.key = self.gateway.store.create_key("inprocess", self.gateway.specs.routes.gateway.key_prefix)
+        self.gateway = Gateway.build(
+            specs, str(tmp / "engine.sqlite3"), httpx.MockTransport(self.upstreams.handle), env
+        )
         self.loop = VirtualClockLoop()
+        self.run(self.gateway.database.open())  # no lifespan runs here: open the database ourselves
+        self.key = self.run(self.gateway.database.create_key("inprocess", self.gateway.specs.routes.gateway.key_prefix))
         self._client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=build_app(self.gateway)),
             base_url="http://gateway.test",
@@ -233,7 +236,7 @@ class InProcess:
     def __exit__(self, *exc: object) -> None:
         self.run(self._client.aclose())
         self.run(self.gateway.client.aclose())
-        self.gateway.store.close()
+        self.run(self.gateway.database.close())
         self.loop.close()
 
     def reset(self) -> InProcess:

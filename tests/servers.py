@@ -93,6 +93,7 @@ class Gateway:
     key: str
     env: dict[str, str]
     log: Path
+    process: subprocess.Popen[bytes]
 
     def engine(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([ENGINE, *args], env=self.env, capture_output=True, text=True, timeout=60)
@@ -105,9 +106,9 @@ def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
     shutil.copytree(REPO / "specs", specs)
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
         shutil.copy(extra, specs / "providers" / extra.name)
-    routes = (specs / "routes.toml").read_text()  # meter quickly, so tests can read usage back
-    assert "meter_flush_seconds = 5.0" in routes
-    (specs / "routes.toml").write_text(routes.replace("meter_flush_seconds = 5.0", "meter_flush_seconds = 0.2"))
+    routes = (specs / "routes.toml").read_text()  # write usage quickly, so tests can read it back
+    assert "flush_seconds = 1.0" in routes
+    (specs / "routes.toml").write_text(routes.replace("flush_seconds = 1.0", "flush_seconds = 0.2", 1))
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     env |= {"ENGINE_SPECS": str(specs), "ENGINE_DB": str(tmp / "engine.sqlite3"), **provider_env}
     key = (
@@ -123,6 +124,6 @@ def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
         )
     try:
         wait_for_port(port, process)
-        yield Gateway(f"http://127.0.0.1:{port}/external/v1", f"http://127.0.0.1:{port}", key, env, log)
+        yield Gateway(f"http://127.0.0.1:{port}/external/v1", f"http://127.0.0.1:{port}", key, env, log, process)
     finally:
         stop(process)

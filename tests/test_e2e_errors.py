@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PROVIDER_KEY, WEATHER_TOOL
+from tests.conftest import PROVIDER_KEY, WEATHER_TOOL, content_chunk
 
 CHAT = "/external/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -303,13 +303,7 @@ def test_a_stream_cut_short_ends_with_an_error_event(http: httpx.Client, upstrea
 
 
 def test_a_client_hanging_up_mid_stream_closes_the_upstream_stream(gateway: Any, upstream: Any) -> None:
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-4.1",
-        "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": None}],
-    }
+    chunk = content_chunk("tick ")
     upstream.script({"sse": [chunk] * 200, "event_delay": 0.05})  # ten seconds if nobody hangs up
     before = upstream.aborted()
     body = {"model": "openai/gpt-4.1", "messages": HELLO, "stream": True}

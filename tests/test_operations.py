@@ -15,7 +15,7 @@ from engine.app import build_app
 from engine.gateway import Gateway
 from engine.operations import OPERATIONS
 from engine.spec.loader import SpecError, load_specs
-from tests.conftest import SPECS
+from tests.conftest import SPECS, create_key
 from tests.test_spec_check import GOOD_PROVIDER
 from tests.test_spec_check import specs_with as spec_dir_with
 
@@ -49,8 +49,9 @@ def test_an_unknown_operation_fails_the_spec_check_naming_the_known_ones(tmp_pat
 def test_a_model_called_on_an_operation_it_does_not_serve_is_a_400_naming_what_it_serves(tmp_path: Path) -> None:
     sent: list[httpx.Request] = []
     transport = httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(500))
-    gw = Gateway.build(specs_with(tmp_path, EMBEDDER), tmp_path / "db.sqlite3", transport, env={"ACME_API_KEY": "k"})
-    key = gw.store.create_key("t", gw.specs.routes.gateway.key_prefix)
+    db = str(tmp_path / "db.sqlite3")
+    gw = Gateway.build(specs_with(tmp_path, EMBEDDER), db, transport, env={"ACME_API_KEY": "k"})
+    key = create_key(db, prefix=gw.specs.routes.gateway.key_prefix)
     body: dict[str, Any] = {"model": "acme/one", "messages": [{"role": "user", "content": "hi"}]}
     with TestClient(build_app(gw)) as client:
         answer = client.post("/external/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})

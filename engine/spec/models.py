@@ -101,8 +101,20 @@ class Gateway(Strict):
         description="How long a verified gateway key is trusted without a database lookup (so also how long"
         " a revoked key may keep working); 0 checks the database on every request.",
     )
-    meter_flush_seconds: float = Field(
-        default=5.0, gt=0, description="How often metered usage is folded into the database."
+
+
+class LedgerPolicy(Strict):
+    """The usage ledger: one row per proxied request, written in batches, rolled up into days."""
+
+    flush_seconds: float = Field(
+        default=1.0, gt=0, description="How often pending usage rows are written (and the most a crash loses)."
+    )
+    batch_rows: int = Field(default=1000, ge=1, description="Write early once this many rows are pending.")
+    retention_days: int = Field(
+        default=35,
+        ge=1,
+        description="Raw rows older than this many days are rolled up into daily aggregates per key, model,"
+        " provider and operation, and deleted.",
     )
 
 
@@ -124,6 +136,11 @@ class DiagnosticHeaders(Strict):
         default=None,
         pattern=r"^[a-z0-9-]+$",
         description="When set, responses carry the gateway's own time in ms (total minus upstream wait).",
+    )
+    request_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+$",
+        description="When set, proxied answers carry the id of their usage-ledger row.",
     )
 
 
@@ -219,6 +236,7 @@ class RoutesSpec(Strict):
         default_factory=list, description="Applied after each provider's own rules; first match wins."
     )
     fallback: Fallback = Fallback()
+    ledger: LedgerPolicy = LedgerPolicy()
     routes: list[Route] = Field(min_length=1)
 
 

@@ -1,0 +1,174 @@
+"""The usage ledger's writer: one row per proxied request, batched off the request path.
+
+A request carries a `Trip` (who, what, since when, how many attempts); when its answer is complete
+(for a stream: when the stream ends, however it ends) `Recorder.finish` turns it into a `UsageRow`
+priced from the catalog and appends it to an in-memory batch. A background task writes the batch every
+`ledger.flush_seconds` and at shutdown, so recording costs the request no database round trip and a
+clean stop (SIGTERM) loses nothing. The same task rolls raw rows older than `ledger.retention_days`
+up into daily aggregates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.spec.models import LedgerPolicy, Price
+from engine.storage import Ledger, UsageRow
+from engine.wires.base import UNIT_FIELDS, Usage
+
+if TYPE_CHECKING:
+    from engine.catalog import Candidate
+
+log = logging.getLogger("engine.ledger")
+
+_ROLL_UP_EVERY = 3600.0  # seconds between roll-up passes; the first runs at start-up
+_MAX_PENDING = 1_000_000  # rows kept in memory while the database is unreachable, before dropping the oldest
+
+
+def cost_of(usage: Usage, price: Price | None) -> float:
+    """USD for `usage` at `price`: tokens and characters are priced per million, other units one by one."""
+    if price is None:
+        return 0.0
+    cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input is not None else 0
+    per_million = (
+        (usage.prompt_tokens - cached) * price.input
+        + cached * (price.cached_input or 0.0)
+        + usage.completion_tokens * price.output
+        + usage.characters * (price.character or 0.0)
+    )
+    return (
+        per_million / 1_000_000
+        + usage.images * (price.image or 0.0)
+        + usage.audio_seconds * (price.audio_second or 0.0)
+        + usage.video_seconds * (price.video_second or 0.0)
+    )
+
+
+@dataclass
+class Trip:
+    """One proxied request on its way through the gateway: what its ledger row will say."""
+
+    key_id: str
+    operation: str
+    request_id: str
+    ts: float  # wall clock at arrival
+    started: float  # perf_counter at arrival
+    attempts: int = 0
+    chunks: int = 0  # stream chunks relayed: the estimate of completion tokens if the stream is cut short
+    prompt_estimate: int = 0  # ~4 bytes per token of the request body, for the same case
+    stream_error: bool = False  # the upstream sent an error event inside a stream
+    candidate: Candidate | None = None  # the provider of the latest attempt
+    recorded: bool = False
+
+    @classmethod
+    def begin(cls, key_id: str, operation: str, started: float) -> Trip:
+        return cls(key_id, operation, f"req_{uuid.uuid4().hex}", time.time(), started)
+
+
+class Recorder:
+    def __init__(self, ledger: Ledger, policy: LedgerPolicy) -> None:
+        self._ledger = ledger
+        self._policy = policy
+        self._pending: list[UsageRow] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.listeners: list[Callable[[UsageRow], None]] = []  # e.g. the limiter, for tokens and spend
+
+    def finish(self, trip: Trip, usage: Usage | None, status: int, outcome: str = "ok") -> UsageRow | None:
+        """Record the trip once, if it reached a provider (a stream's relay and its error path may both try)."""
+        candidate = trip.candidate
+        if trip.recorded or candidate is None:
+            return None
+        trip.recorded = True
+        estimated = usage is None and outcome in ("client_closed", "stream_broken") and trip.chunks > 0
+        if estimated:
+            usage = Usage(prompt_tokens=trip.prompt_estimate, completion_tokens=trip.chunks)
+        if trip.stream_error and outcome == "ok":
+            outcome = "error"
+        usage = usage or Usage()
+        row = UsageRow(
+            ts=trip.ts,
+            request_id=trip.request_id,
+            key_id=trip.key_id,
+            public_model=candidate.public_id,
+            provider=candidate.provider.id,
+            upstream_model=candidate.row.upstream,
+            operation=trip.operation,
+            status=status,
+            outcome=outcome,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+            units={name: value for name in UNIT_FIELDS if (value := getattr(usage, name))},
+            cost_usd=cost_of(usage, candidate.row.price),
+            latency_ms=round((time.perf_counter() - trip.started) * 1000, 3),
+            attempts=max(trip.attempts, 1),
+            estimated=estimated,
+        )
+        self.add(row)
+        return row
+
+    def add(self, row: UsageRow) -> None:
+        self._pending.append(row)
+        for listener in self.listeners:
+            listener(row)
+        if len(self._pending) >= self._policy.batch_rows:
+            self._wake.set()
+
+    async def flush(self) -> int:
+        """Write what is pending. On a database failure the rows stay pending for the next try."""
+        rows, self._pending = self._pending, []
+        if not rows:
+            return 0
+        try:
+            await self._ledger.append(rows)
+        except Exception:
+            log.exception("could not write %d usage rows; keeping them for the next flush", len(rows))
+            self._pending[:0] = rows
+            del self._pending[:-_MAX_PENDING]
+            return 0
+        return len(rows)
+
+    async def roll_up(self, today: datetime.date | None = None) -> int:
+        today = today or datetime.datetime.now(datetime.UTC).date()
+        before = (today - datetime.timedelta(days=self._policy.retention_days)).isoformat()
+        return await self._ledger.roll_up(before)
+
+    async def _run(self) -> None:
+        next_roll_up = 0.0
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._policy.flush_seconds)
+            self._wake.clear()
+            await self.flush()
+            if time.monotonic() >= next_roll_up and not self._stopping:
+                next_roll_up = time.monotonic() + _ROLL_UP_EVERY
+                try:
+                    folded = await self.roll_up()
+                except Exception:
+                    log.exception("usage roll-up failed; retrying in an hour")
+                else:
+                    if folded:
+                        log.info("rolled %d usage rows up into daily aggregates", folded)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Write everything pending. The writer is woken, never cancelled: a cancelled write could drop
+        the batch it holds."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self.flush()

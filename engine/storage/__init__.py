@@ -1,0 +1,39 @@
+"""Storage, chosen by URL: `ENGINE_DB` names the database (keys, the usage ledger).
+
+- `sqlite:///relative/path`, `sqlite:////absolute/path`, or a plain file path: the embedded default,
+  `var/engine.sqlite3` in the checkout;
+- `postgresql://user@host:port/db`: shared by every instance pointed at it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.storage.base import Database, KeyRecord, KeyStore, Ledger, StoreError, UsageRow
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+DEFAULT_DB = REPO_ROOT / "var" / "engine.sqlite3"
+
+__all__ = ["Database", "KeyRecord", "KeyStore", "Ledger", "StoreError", "UsageRow", "database_url", "open_database"]
+
+
+def database_url(configured: str | None = None) -> str:
+    """The database URL: the argument, else `ENGINE_DB`, else the embedded file. Plain paths are SQLite."""
+    value = configured or os.environ.get("ENGINE_DB") or str(DEFAULT_DB)
+    return value if "://" in value else f"sqlite:///{value}"
+
+
+def sqlite_path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///")).expanduser()
+
+
+def open_database(url: str | None = None) -> Database:
+    """The database for `url` (see `database_url`), not yet connected: `await db.open()` connects and migrates."""
+    url = database_url(url)
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        from engine.storage.sqlite import SqliteDatabase
+
+        return SqliteDatabase(sqlite_path(url))
+    raise StoreError(f"ENGINE_DB: unsupported database URL scheme {scheme!r}; use sqlite:///PATH or postgresql://…")
