@@ -102,10 +102,23 @@ class Connection:
 
     def request(self, payload: bytes) -> Reply:
         """Send one encoded request and read its whole response (reconnecting if the server closed)."""
+        reused = self._sock is not None
         sock = self._connect()
         started = time.perf_counter()
-        sock.sendall(payload)
-        status, headers = _parse_head(self._take_until(sock, _HEADER_END))
+        try:
+            sock.sendall(payload)
+            head = self._take_until(sock, _HEADER_END)
+        except (ConnectionError, BrokenPipeError):
+            if not reused or self._buffer:
+                raise
+            # The server closed this idle keep-alive connection (uvicorn does after 5 s) before the request
+            # reached it: what any HTTP client does is to send it again on a new connection, once.
+            self.close()
+            sock = self._connect()
+            started = time.perf_counter()
+            sock.sendall(payload)
+            head = self._take_until(sock, _HEADER_END)
+        status, headers = _parse_head(head)
         first_event: float | None = None
         if "content-length" in headers:
             body = self._take(sock, int(headers["content-length"]))

@@ -483,11 +483,22 @@ def load_phase(
 # ---------------------------------------------------------------------------------------------- profile
 
 
-def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out: Path) -> list[str]:
-    """Sample a gateway with py-spy while it serves concurrency 16; returns the lines of a hotspot table.
+def _package(frame: str) -> str:
+    """Whose code a py-spy frame runs: `engine`, a distribution (`litestar`, `aiohttp`, ...) or a stdlib module.
 
-    py-spy is not a project dependency (`.venv/bin/pip install py-spy`). Self time says where the CPU goes;
-    inclusive time restricted to engine/ frames says which engine line leads there.
+    py-spy prints paths relative to sys.path (`uvicorn/protocols/http/httptools_impl.py:524`)."""
+    where = frame.rpartition("(")[2].rstrip(")")
+    return where.split("/")[0].split(":")[0].removesuffix(".py")
+
+
+def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out: Path) -> list[str]:
+    """Sample a server with py-spy while it serves concurrency 16; returns the lines of a hotspot table.
+
+    py-spy is not a project dependency (`.venv/bin/pip install py-spy`). Self time by package says whose code
+    burns the CPU (uvicorn, litestar, httpx, aiohttp, pydantic, engine, ...); multiplied by the CPU per request
+    of the same load run, it is milliseconds per request, comparable between the gateway and the floor. Self
+    time by line names the hottest lines; inclusive time of engine/ functions says which engine step leads there.
+    The raw samples stay in `out` (py-spy's `raw` format, one stack per line) for further digging.
     """
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None or target.pid is None:
@@ -495,11 +506,12 @@ def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out:
     argv = [spy, "record", "-p", str(target.pid), "-d", f"{seconds:g}", "-r", "200", "-f", "raw", "-o", str(out)]
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as spy_process:
         time.sleep(0.5)
-        loadgen.run(target, 16, seconds + 1)
+        load = loadgen.run(target, 16, seconds + 1)
         _, stderr = spy_process.communicate(timeout=seconds + 30)
     if not out.exists():
         return [f"py-spy failed: {stderr.decode(errors='replace').strip()[-500:]}"]
     own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = background = 0
     for line in out.read_text().splitlines():
@@ -512,14 +524,23 @@ def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out:
             continue
         total += int(count)
         own[frames[-1]] += int(count)
-        for frame in set(frames):
-            if "(engine/" in frame and "cli.py" not in frame:
-                inclusive[frame] += int(count)
+        packages[_package(frames[-1])] += int(count)
+        for function in {f.rpartition(":")[0] for f in frames if "(engine/" in f and "cli.py" not in f}:
+            inclusive[function + ")"] += int(count)
     if not total:
         return ["py-spy recorded no samples of the main thread"]
-    lines = [f"{total} samples of the event-loop thread ({background} of other threads left out); self time:"]
+    cpu = load.cpu_ms_per_request or 0.0
+    lines = [
+        f"{total} samples of the event-loop thread ({background} of other threads left out);"
+        f" {load.rps:,.0f} RPS, CPU {cpu:.3f} ms/request meanwhile. Self time by package:"
+    ]
+    lines += [
+        f"  {100 * n / total:5.1f}%  {cpu * n / total * 1000:6.0f} µs/req  {name}"
+        for name, n in packages.most_common(12)
+    ]
+    lines += ["self time by line:"]
     lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in own.most_common(15)]
-    lines += ["inclusive time of engine/ frames:"]
+    lines += ["inclusive time of engine/ functions:"]
     lines += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(20)]
     return lines
 
@@ -1175,10 +1196,13 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
                 print(line)
 
     if args.profile:
-        print(f"\n[6] py-spy profile of the gateway at concurrency 16, {args.profile:g} s")
-        lines = profile_gateway(targets[1], args.profile, loadgen, workdir / "profile.txt")
-        results["profile"] = lines
-        print("\n".join(f"  {x}" for x in lines))
+        results["profile"] = {}
+        for target in targets[1:]:  # the floor too: the same table for both shows where the gap is
+            print(f"\n[6] py-spy profile of {target.name} at concurrency 16, {args.profile:g} s")
+            raw = args.profile_raw.with_suffix(f".{target.name}.txt") if args.profile_raw else None
+            lines = profile_gateway(target, args.profile, loadgen, raw or workdir / f"profile-{target.name}.txt")
+            results["profile"][target.name] = lines
+            print("\n".join(f"  {x}" for x in lines))
 
     if args.soak:
         gateway = targets[1]
@@ -1241,6 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"streams of {RELAY_CHUNKS} chunks per target per round for the relay cost (default 10; 0 skips it)",
     )
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy the gateway under load")
+    parser.add_argument(
+        "--profile-raw", type=Path, metavar="FILE", help="keep py-spy's raw samples in FILE.<target>.txt"
+    )
     parser.add_argument(
         "--engine", metavar="DIR|CMD", help="checkout directory or `engine` command (default: this one)"
     )
