@@ -1,10 +1,12 @@
 """Resolve model: public model ID → the provider and upstream model that will serve it.
 
-The catalog is the union of the models in every provider spec. A provider is *live* when its key is in
-the environment, or, for the local servers whose spec says `liveness.by = "probe"`, while it answers its
-probe (`engine.liveness` keeps that current); only live providers serve requests, and `/models` lists only
-models with a live provider. Everything a request needs from a spec is compiled here once, per
-(provider, model) candidate: mappings and wire rules whose conditions read only the model are decided at start-up.
+The catalog is the union of the models in every provider spec, under their public IDs and their aliases
+(`gpt-5.5` for `openai/gpt-5.5`): one ID, many candidates, preferred by `provider.priority`.
+A provider is *live* when its key is in the environment, or, for the local servers whose spec says
+`liveness.by = "probe"`, while it answers its probe (`engine.liveness` keeps that current); only live
+providers serve requests, and `/models` lists only models with a live provider. Everything a request
+needs from a spec is compiled here once, per (provider, model) candidate: mappings and wire rules whose
+conditions read only the model are decided at start-up.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
-from engine.errors import GatewayError, model_not_found
+from engine.answers import AnswerFilter
+from engine.errors import GatewayError, model_not_configured, model_not_found
 from engine.mapping import CompiledMapping
-from engine.rules import Expression, compile_expression
-from engine.spec.loader import ERROR_NAMES, REQUEST_NAMES, Specs
-from engine.spec.models import ErrorRule, ModelRow, ProviderSpec
+from engine.rules import Expression, Template, compile_expression, compile_template
+from engine.spec.loader import ERROR_NAMES, REQUEST_NAMES, TEMPLATE_NAMES, Specs
+from engine.spec.models import ErrorRule, ModelRow, ProviderSpec, UrlForm
 from engine.wires import WIRES
 from engine.wires.base import Wire
 
@@ -55,6 +59,10 @@ class Provider:
     mappings: tuple[CompiledMapping, ...]
     wire_rules: tuple[tuple[int, CompiledWireRule], ...]
     error_rules: tuple[CompiledErrorRule, ...]
+    settings: dict[str, str] = field(default_factory=dict)  # `settings.*` as this environment sets them
+    url_forms: dict[str, CompiledUrlForm] = field(default_factory=dict)
+    endpoint_set: bool = True  # False while a required base URL (`base_url_required`) is unset
+    answers: AnswerFilter | None = None  # the spec's `[answers]`, when it has any
     answering: Answering = field(default_factory=Answering, compare=False)
 
     @property
@@ -64,7 +72,14 @@ class Provider:
 
     @property
     def live(self) -> bool:
-        return self.answering.ok if self.probed else bool(self.api_key)
+        return (self.answering.ok if self.probed else bool(self.api_key)) and self.endpoint_set
+
+    def urls_for(self, row: ModelRow, view: dict[str, Any]) -> dict[str, str] | None:
+        """Wire shape → the full URL (query included) for this model, from its URL form; None without forms."""
+        name = row.url_form or self.spec.provider.url_form
+        if name is None:
+            return None
+        return self.url_forms[name].render(self.base_url, {"model": view, "settings": self.settings})
 
     def auth_headers(self, redacted: bool = False) -> dict[str, str]:
         """The credential header; redacted (or not live) it shows where the key goes, not the key.
@@ -78,7 +93,8 @@ class Provider:
     @classmethod
     def bind(cls, spec: ProviderSpec, env: Mapping[str, str]) -> Provider:
         info = spec.provider
-        base_url = (env.get(info.base_url_env) if info.base_url_env else None) or info.base_url
+        configured = env.get(info.base_url_env) if info.base_url_env else None
+        base_url = configured or info.base_url
         rules = tuple(
             (i, CompiledWireRule(compile_expression(r.when, REQUEST_NAMES), WIRES[r.wire], r.why))
             for i, r in enumerate(spec.wire_rules)
@@ -92,7 +108,28 @@ class Provider:
             mappings=tuple(CompiledMapping.compile(m) for m in spec.mappings),
             wire_rules=rules,
             error_rules=compile_error_rules(spec.error_rules),
+            settings={name: env.get(setting.env) or setting.default for name, setting in spec.settings.items()},
+            url_forms={name: CompiledUrlForm.compile(form) for name, form in spec.url_forms.items()},
+            endpoint_set=bool(configured) or not info.base_url_required,
+            answers=AnswerFilter.compile(spec.answers),
         )
+
+
+@dataclass(frozen=True)
+class CompiledUrlForm:
+    paths: tuple[tuple[str, Template], ...]
+    query: tuple[tuple[str, Template], ...]
+
+    @classmethod
+    def compile(cls, form: UrlForm) -> CompiledUrlForm:
+        def compiled(table: dict[str, str]) -> tuple[tuple[str, Template], ...]:
+            return tuple((k, compile_template(v, TEMPLATE_NAMES)) for k, v in table.items())
+
+        return cls(compiled(form.paths), compiled(form.query))
+
+    def render(self, base_url: str, names: dict[str, Any]) -> dict[str, str]:
+        query = urlencode({k: t.render(**names) for k, t in self.query})
+        return {shape: base_url + t.render(**names) + (f"?{query}" if query else "") for shape, t in self.paths}
 
 
 def compile_error_rules(rules: list[ErrorRule]) -> tuple[CompiledErrorRule, ...]:
@@ -117,12 +154,13 @@ class Candidate:
     row: ModelRow
     view: dict[str, Any]  # what spec expressions see as `model`
     serves: frozenset[str]  # the operations the row serves
+    urls: dict[str, str] | None = None  # wire shape → URL, when the provider declares URL forms
     _plans: dict[str, Plan] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, public_id: str, provider: Provider, row: ModelRow) -> Candidate:
         view = {"id": public_id, "provider": provider.id, **row.model_dump()}
-        return cls(public_id, provider, row, view, frozenset(row.operations))
+        return cls(public_id, provider, row, view, frozenset(row.operations), provider.urls_for(row, view))
 
     def plan(self, operation: str) -> Plan:
         """The specialized spec for `operation`, built on first use and kept (`Catalog.prepare` warms it)."""
@@ -137,8 +175,8 @@ class Candidate:
         rules: list[tuple[int, CompiledWireRule]] = []
         for index, rule in self.provider.wire_rules:
             when = rule.when.specialize(**known) if rule.when is not None else True
-            if when is False:
-                continue
+            if when is False or (self.urls is not None and rule.wire.shape not in self.urls):
+                continue  # decided false here, or a wire this model's URL form has no path for
             rules.append((index, CompiledWireRule(None if when is True else when, rule.wire, rule.why)))
             if when is True:
                 break  # always fires here: later rules can never be reached
@@ -151,7 +189,8 @@ class Catalog:
         by_model: dict[str, list[Candidate]] = {}
         for provider in sorted(providers, key=lambda p: p.spec.provider.priority):
             for public_id, row in provider.spec.models.items():
-                by_model.setdefault(public_id, []).append(Candidate.build(public_id, provider, row))
+                for served_as in (public_id, *row.aliases):
+                    by_model.setdefault(served_as, []).append(Candidate.build(served_as, provider, row))
         self._all = by_model
         self._live: dict[str, list[Candidate]] = {}
         self.refresh()
@@ -194,14 +233,15 @@ class Catalog:
         return self._all.get(public_id, [])
 
     def resolve(self, public_id: str) -> Candidate:
-        """The preferred live candidate, or a 404 that does not reveal unconfigured providers."""
+        """The preferred live candidate, or a 404 (see `resolve_all`)."""
         return self.resolve_all(public_id)[0]
 
     def resolve_all(self, public_id: str) -> list[Candidate]:
-        """Every live candidate, preferred first (the fallback order), or the same 404."""
+        """Every live candidate, preferred first (the fallback order). A 404 otherwise, which says whether
+        the model is unknown or only unserved here, without naming the providers that would serve it."""
         candidates = self._live.get(public_id)
         if not candidates:
-            raise model_not_found(public_id)
+            raise model_not_configured(public_id) if public_id in self._all else model_not_found(public_id)
         return candidates
 
 

@@ -62,7 +62,11 @@ def _liveness(provider: Any, answering: bool | None) -> str:
         if answering is None:
             return f"{where} (live while it answers GET {provider.spec.liveness.probe_path}; not probed here)"
         return f"{where}: {'answering, live' if answering else 'not answering, not live'}"
-    return "live" if provider.live else f"no key (${provider.spec.auth.env} unset)"
+    if provider.live:
+        return "live"
+    if provider.api_key and not provider.endpoint_set:
+        return f"no endpoint (${provider.spec.provider.base_url_env} unset)"
+    return f"no key (${provider.spec.auth.env} unset)"
 
 
 def _probe(providers: list[Any]) -> dict[str, bool]:
@@ -170,7 +174,8 @@ def cmd_lower(args: argparse.Namespace) -> int:
             body["model"] = args.model
         if operation.validate is not None:
             operation.validate(body)
-        candidates = Catalog.from_specs(specs).all_candidates(body["model"])
+        # The provider this machine would use: live ones first, then the spec's order.
+        candidates = sorted(Catalog.from_specs(specs).all_candidates(body["model"]), key=lambda c: not c.provider.live)
         if args.provider:
             candidates = [c for c in candidates if c.provider.id == args.provider]
         if not candidates:

@@ -12,7 +12,7 @@ import msgspec
 from litestar import Request, Response
 
 from engine.catalog import Candidate
-from engine.errors import invalid_request, model_not_found
+from engine.errors import invalid_request
 from engine.gateway import Gateway
 from engine.proxy import Timer
 from engine.storage import KeyRecord
@@ -67,7 +67,4 @@ async def models_retrieve(
     model = str(request.path_params.get("model", "")).strip("/")
     if not model:
         raise invalid_request("Name a model: GET /models/{model}.", param="model")
-    candidates = gw.catalog.live_models().get(model)
-    if not candidates:
-        raise model_not_found(model)
-    return json_response(model_object(candidates[0]))
+    return json_response(model_object(gw.catalog.resolve(model)))

@@ -137,6 +137,18 @@ def model_not_found(model: str) -> GatewayError:
     )
 
 
+def model_not_configured(model: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"The model `{model}` is in this gateway's catalog, but no provider serving it is configured on this"
+        " gateway. Ask the gateway operator to configure one, or pick another model: GET /models lists the"
+        " models available to your key.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
 def not_implemented(operation: str) -> GatewayError:
     return GatewayError(
         501,

@@ -1,8 +1,10 @@
 """Lower: the client's OpenAI-shaped request → the exact HTTP request the provider will receive.
 
 Two steps, both data-driven: the provider's `[[mappings]]` adapt the request's fields to what the
-provider accepts, then the selected wire codec reshapes it for its protocol. `engine lower` prints the
-result of this module without sending it, and the snapshot tests pin it for every provider spec.
+provider accepts, then the selected wire codec reshapes it for its protocol. The URL is the base URL plus
+the codec's path, or, for providers with `url_forms` (Azure's deployments), the model's rendered form.
+`engine lower` prints the result of this module without sending it, and the snapshot tests pin it for
+every provider spec.
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ def lower_request(
     answer = lowered.answer or ("sse" if stream else "json")
 
     provider = candidate.provider
-    url = provider.base_url + lowered.path
+    url = candidate.urls[codec.shape] if candidate.urls is not None else provider.base_url + lowered.path
     if lowered.query:
-        url += "?" + urlencode(lowered.query)
+        url += ("&" if "?" in url else "?") + urlencode(lowered.query)
     content_type = "application/json" if kind == "json" else lowered.body.content_type if kind == "multipart" else None
     headers = {"content-type": content_type} if content_type else {}
     headers.update(_ACCEPT[answer])

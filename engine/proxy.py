@@ -22,6 +22,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from engine.answers import AnswerRefused
 from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
 from engine.ledger import Trip
@@ -174,6 +175,10 @@ async def _proxy(
     except msgspec.DecodeError:
         message = f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON."
         raise upstream_failure(502, message, "upstream_invalid_response", Kind.INVALID) from None
+    answers = candidate.provider.answers
+    refused = answers.apply(doc) if answers is not None else None
+    if refused is not None:  # a 200 the provider's spec reads as a refusal
+        raise _upstream_error(gw, upstream, response, sanitize, None, refused)
     raised = wire.raise_json(doc, call)
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
         raise _upstream_error(gw, upstream, response, sanitize, None, raised)
@@ -241,11 +246,18 @@ async def _committed(
     answer, as if the upstream had answered with that status; so does a stream that breaks before its first
     item. Only the first item is awaited: the happy path pays one `__anext__` of indirection, nothing more.
     """
-    items = _stripped(gw, upstream.choice.wire.raise_stream(iter_events(response.aiter_bytes()), upstream.call), trip)
+    events = iter_events(response.aiter_bytes())
+    answers = upstream.candidate.provider.answers
+    if answers is not None:
+        events = answers.events(events)
+    items = _stripped(gw, upstream.choice.wire.raise_stream(events, upstream.call), trip)
     try:
         first = await anext(items)
     except StopAsyncIteration:
         return items
+    except AnswerRefused as refused:
+        await response.aclose()
+        raise _upstream_error(gw, upstream, response, sanitize, None, refused.error) from None
     except httpx.TimeoutException:
         await response.aclose()
         raise _first_byte_timeout(upstream.candidate.provider.id) from None
@@ -322,6 +334,8 @@ async def _relay(
     try:
         async for frame_bytes in renderer.frames(items, call, sanitize):
             yield frame_bytes
+    except AnswerRefused as refused:  # a refusal after content went out: one error event ends the stream
+        yield renderer.broken(sanitize(None, refused.error))
     except (StreamBroken, httpx.TransportError) as exc:
         outcome = "stream_broken"
         log.warning("stream from %s broke: %s", candidate.provider.id, exc)

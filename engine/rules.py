@@ -87,6 +87,31 @@ def compile_expression(source: str, allowed: frozenset[str] | None = None) -> Ex
     return compiled
 
 
+@dataclass(frozen=True)
+class Template:
+    """A compiled spec template (a URL path, a query value): rendered with the names it may read."""
+
+    source: str
+    names: frozenset[str] = field(compare=False)
+    _render: Callable[..., str] = field(repr=False, compare=False)
+
+    def render(self, **names: Any) -> str:
+        return self._render(**names)
+
+
+def compile_template(source: str, allowed: frozenset[str] | None = None) -> Template:
+    """Compile a string template in the same sandbox as expressions; `allowed` as for `compile_expression`."""
+    try:
+        template = _ENV.from_string(source)
+        names = frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
+    except TemplateSyntaxError as exc:
+        raise ExpressionError(f"does not compile: {exc.message}") from None
+    if allowed is not None and not names <= allowed:
+        unknown = ", ".join(sorted(names - allowed))
+        raise ExpressionError(f"reads unknown name(s) {unknown}; available: {', '.join(sorted(allowed))}")
+    return Template(source, names, template.render)
+
+
 # ----------------------------------------------------------------------------------------- folding
 
 _TRUE, _FALSE = nodes.Const(True), nodes.Const(False)

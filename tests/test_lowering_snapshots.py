@@ -35,19 +35,45 @@ CATALOG = Catalog.from_specs(SHIPPED, env={})  # spec defaults only: no key or b
 STRIP = frozenset(SHIPPED.routes.sanitize.strip_fields)
 CHAT_CORPUS = load_corpus(REQUESTS / "chat")
 RESPONSES_CORPUS = load_corpus(REQUESTS / "responses")
-CANDIDATES = [c for public_id in sorted(CATALOG.public_ids()) for c in CATALOG.all_candidates(public_id)]
+
+
+def in_every_url_form(candidate: Candidate) -> list[Candidate]:
+    """The row as its spec has it, plus the same row in each other URL form its provider declares (both of
+    Azure's forms are pinned for every model, whichever one a row picks)."""
+    forms = candidate.provider.spec.url_forms
+    chosen = candidate.row.url_form or candidate.provider.spec.provider.url_form
+    others = [
+        Candidate.build(candidate.public_id, candidate.provider, candidate.row.model_copy(update={"url_form": form}))
+        for form in forms
+        if form != chosen
+    ]
+    return [candidate, *others]
+
+
+# One case per provider row (an alias such as `gpt-5.5` for `openai/gpt-5.5` lowers exactly as its row
+# does), and per URL form for providers that have several.
+CANDIDATES = [
+    form
+    for public_id in sorted(CATALOG.public_ids())
+    for c in CATALOG.all_candidates(public_id)
+    if public_id in c.provider.spec.models
+    for form in in_every_url_form(c)
+]
 
 
 def reachable_wires(candidate: Candidate) -> list[str]:
     spec = candidate.provider.spec
-    return sorted({spec.provider.wire, *(rule.wire for rule in spec.wire_rules)})
+    wires = {spec.provider.wire, *(rule.wire for rule in spec.wire_rules)}
+    return sorted(w for w in wires if candidate.urls is None or WIRES[w].shape in candidate.urls)
 
 
 CHAT_CASES = [(c, wire) for c in CANDIDATES for wire in reachable_wires(c)]
 
 
 def case_id(candidate: Candidate) -> str:
-    return f"{candidate.provider.id}--{candidate.public_id.replace('/', '_')}"
+    form = candidate.row.url_form or candidate.provider.spec.provider.url_form
+    suffix = f"--{form}" if len(candidate.provider.spec.url_forms) > 1 else ""
+    return f"{candidate.provider.id}--{candidate.public_id.replace('/', '_')}{suffix}"
 
 
 def shown(upstream: UpstreamRequest) -> dict[str, Any]:

@@ -17,17 +17,31 @@ from typing import Any
 import msgspec
 import pytest
 
+from engine.answers import AnswerFilter, AnswerRefused
+from engine.catalog import Catalog
 from engine.errors import GatewayError, status_of
 from engine.shapes.base import Renderer
 from engine.shapes.chat import CHAT
 from engine.shapes.responses import FromChatRenderer, NativeRenderer
+from engine.spec.loader import load_specs
 from engine.wires import WIRES
 from engine.wires.base import Call, UpstreamError, Wire
 from engine.wires.sse import iter_events
+from tests.conftest import SPECS
 
 RECORDED = Path(__file__).parent / "responses"
 CASES = sorted(p for p in RECORDED.glob("*/*") if p.suffix in (".json", ".sse"))
 RESPONSES_REQUEST = {"model": "acme/model", "input": "Weather in Oslo?"}
+PROVIDERS = Catalog.from_specs(load_specs(SPECS), env={}).providers
+
+
+def wire_of(directory: str) -> tuple[Wire, AnswerFilter | None]:
+    """tests/responses/<wire>/ holds a codec's answers; tests/responses/<provider>/ a provider's, raised
+    through its `[answers]` and then its default wire."""
+    if directory in WIRES:
+        return WIRES[directory], None
+    provider = PROVIDERS[directory]
+    return provider.wire, provider.answers
 
 
 def call(include_usage: bool, stream: bool) -> Call:
@@ -45,17 +59,24 @@ async def _chunks(raw: bytes) -> AsyncIterator[bytes]:
         yield raw[i : i + 97]
 
 
-async def render(wire: Wire, renderer: Renderer, raw: bytes, include_usage: bool) -> list[Any]:
+async def render(
+    wire: Wire, renderer: Renderer, raw: bytes, include_usage: bool, answers: AnswerFilter | None = None
+) -> list[Any]:
     trip = call(include_usage, stream=True)
     frames: list[Any] = []
+    events = iter_events(_chunks(raw))
+    if answers is not None:
+        events = answers.events(events)
     try:
-        async for out in renderer.frames(wire.raise_stream(iter_events(_chunks(raw)), trip), trip, sanitize):
+        async for out in renderer.frames(wire.raise_stream(events, trip), trip, sanitize):
             frames.append(out)
+    except AnswerRefused as refused:  # the proxy answers it as an error (an HTTP status, if nothing went out)
+        frames.append({"refused": dataclasses.asdict(refused.error)})
     except Exception as exc:  # a broken stream: the proxy would send renderer.broken(...)
         frames.append(f"raises {type(exc).__name__}: {exc}")
     decoded = []
     for frame in frames:
-        if isinstance(frame, str):
+        if isinstance(frame, str | dict):
             decoded.append(frame)
             continue
         text = frame.decode()
@@ -66,8 +87,11 @@ async def render(wire: Wire, renderer: Renderer, raw: bytes, include_usage: bool
     return [*decoded, {"metered": trip.usage.shown() if trip.usage else None}]
 
 
-def raised_json(wire: Wire, doc: dict[str, Any]) -> dict[str, Any]:
+def raised_json(wire: Wire, doc: dict[str, Any], answers: AnswerFilter | None = None) -> dict[str, Any]:
     trip = call(include_usage=False, stream=False)
+    refused = answers.apply(doc) if answers is not None else None
+    if refused is not None:
+        return {"refused": dataclasses.asdict(refused)}
     answer = wire.raise_json(doc, trip)
     metered = trip.usage.shown() if trip.usage else None
     if isinstance(answer, UpstreamError):  # a 200 that the codec reads as an error
@@ -80,18 +104,18 @@ def raised_json(wire: Wire, doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}--{p.name}" for p in CASES])
 def test_raised_answers(path: Path, snapshot_json: Any) -> None:
-    wire = WIRES[path.parent.name]
+    wire, answers = wire_of(path.parent.name)
     raw = path.read_bytes()
     if path.suffix == ".json":
-        result = raised_json(wire, msgspec.json.decode(raw))
+        result = raised_json(wire, msgspec.json.decode(raw), answers)
     else:
         result = {
-            "chat_stream": asyncio.run(render(wire, CHAT, raw, include_usage=True)),
-            "chat_stream_without_usage_requested": asyncio.run(render(wire, CHAT, raw, include_usage=False)),
+            "chat_stream": asyncio.run(render(wire, CHAT, raw, True, answers)),
+            "chat_stream_without_usage_requested": asyncio.run(render(wire, CHAT, raw, False, answers)),
         }
         if wire.shape == "chat":
             result["as_responses_stream"] = asyncio.run(
-                render(wire, FromChatRenderer(RESPONSES_REQUEST, "acme/model"), raw, True)
+                render(wire, FromChatRenderer(RESPONSES_REQUEST, "acme/model"), raw, True, answers)
             )
         else:
             native = wire.native
@@ -100,4 +124,9 @@ def test_raised_answers(path: Path, snapshot_json: Any) -> None:
 
 
 def test_every_wire_has_recorded_answers() -> None:
-    assert {p.parent.name for p in CASES} == set(WIRES), "add tests/responses/<wire>/ for a new codec"
+    assert set(WIRES) <= {p.parent.name for p in CASES}, "add tests/responses/<wire>/ for a new codec"
+
+
+def test_every_provider_with_answer_quirks_has_recorded_answers() -> None:
+    quirky = {p.id for p in PROVIDERS.values() if p.answers is not None}
+    assert quirky <= {p.parent.name for p in CASES}, "add tests/responses/<provider>/ for its [answers]"

@@ -5,6 +5,8 @@ Checking happens in three passes, each reporting every problem with the file and
 2. expressions compile and read only the names their place offers;
 3. cross-file facts: unique provider ids, wires that exist, model facts that exist.
 
+Profiles (`profiles/<name>.toml`) are rules an API follows whoever hosts it (OpenAI's, on OpenAI and on
+Azure): a provider that lists one gets its mappings before its own, and its wire and error rules after.
 Model facts (`models/<maker>/<model>.toml`) are what a model is whoever serves it; a provider row that
 names them in `facts` starts from them and overrides what it states itself, so a context window or a
 capability is written once even when several providers serve the model.
@@ -23,14 +25,15 @@ from typing import Any, TypeVar
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
-from engine.rules import ExpressionError, compile_expression
-from engine.spec.models import ModelFacts, ProviderSpec, RoutesSpec, operation_needs_key
+from engine.rules import ExpressionError, compile_expression, compile_template
+from engine.spec.models import ModelFacts, ProfileSpec, ProviderSpec, RoutesSpec, operation_needs_key
 from engine.spec.schema import schema_for
 from engine.wires import WIRES
 
 M = TypeVar("M", bound=BaseModel)
 REQUEST_NAMES = frozenset({"request", "model", "operation"})
 ERROR_NAMES = frozenset({"status", "error", "provider"})
+TEMPLATE_NAMES = frozenset({"model", "settings"})
 
 
 class SpecError(Exception):
@@ -105,9 +108,9 @@ def _parse(path: Path, data: dict[str, Any], model: type[M], problems: list[str]
         return None
 
 
-def _expressions(spec: ProviderSpec | RoutesSpec) -> Iterator[tuple[str, str, frozenset[str]]]:
+def _expressions(spec: ProviderSpec | RoutesSpec | ProfileSpec) -> Iterator[tuple[str, str, frozenset[str]]]:
     """Every expression in a spec as (key, source, names it may read)."""
-    if isinstance(spec, ProviderSpec):
+    if isinstance(spec, ProviderSpec | ProfileSpec):
         for i, mapping in enumerate(spec.mappings):
             if mapping.when:
                 yield f"mappings[{i}].when", mapping.when, REQUEST_NAMES
@@ -119,7 +122,7 @@ def _expressions(spec: ProviderSpec | RoutesSpec) -> Iterator[tuple[str, str, fr
         yield f"error_rules[{i}].when", error_rule.when, ERROR_NAMES
 
 
-def _expression_problems(path: Path, spec: ProviderSpec | RoutesSpec) -> list[str]:
+def _expression_problems(path: Path, spec: ProviderSpec | RoutesSpec | ProfileSpec) -> list[str]:
     problems = []
     for key, source, names in _expressions(spec):
         try:
@@ -184,6 +187,76 @@ def _with_facts(path: Path, data: dict[str, Any], facts: dict[str, FactsFile], p
     return {**data, "models": merged}
 
 
+def _load_profiles(root: Path, problems: list[str]) -> dict[str, ProfileSpec]:
+    found: dict[str, ProfileSpec] = {}
+    for path in sorted((root / "profiles").glob("*.toml")):
+        data = _read_toml(path, problems)
+        profile = None if data is None else _parse(path, data, ProfileSpec, problems)
+        if profile is not None:
+            problems += _expression_problems(path, profile)
+            found[path.stem] = profile
+    return found
+
+
+def _with_profiles(
+    path: Path, data: dict[str, Any], profiles: dict[str, ProfileSpec], problems: list[str]
+) -> dict[str, Any]:
+    """The provider file with its profiles' rules folded in: mappings first (the provider's own refine them),
+    wire and error rules last (the provider's own are tried first)."""
+    names = data.get("profiles")
+    if not isinstance(names, list) or not names:
+        return data
+    merged = dict(data)
+    for i, name in enumerate(names):
+        profile = profiles.get(name) if isinstance(name, str) else None
+        if profile is None:
+            problems.append(f"{path}: profiles[{i}]: no profile {name!r} (profiles/<name>.toml)")
+            continue
+        shared = profile.model_dump(exclude_unset=True)
+        merged["mappings"] = [*shared.get("mappings", []), *merged.get("mappings", [])]
+        merged["wire_rules"] = [*merged.get("wire_rules", []), *shared.get("wire_rules", [])]
+        merged["error_rules"] = [*merged.get("error_rules", []), *shared.get("error_rules", [])]
+    return merged
+
+
+def _url_problems(path: Path, spec: ProviderSpec) -> list[str]:
+    problems = []
+    forms = spec.url_forms
+    named = [("provider.url_form", spec.provider.url_form)]
+    named += [(format_key(["models", m, "url_form"]), row.url_form) for m, row in spec.models.items()]
+    for key, chosen in named:
+        if chosen is not None and chosen not in forms:
+            problems.append(f"{path}: {key}: no url_forms entry {chosen!r}; declared: {', '.join(forms) or 'none'}")
+    if forms and spec.provider.url_form is None:
+        unset = [m for m, row in spec.models.items() if row.url_form is None]
+        if unset:
+            problems.append(
+                f"{path}: provider.url_form: models {', '.join(unset)} name no url_form and there is no default"
+            )
+    shape = WIRES[spec.provider.wire].shape if spec.provider.wire in WIRES else None
+    for name, form in forms.items():
+        if shape is not None and shape not in form.paths:
+            problems.append(f"{path}: url_forms.{name}.paths: no path for {shape!r}, the shape of provider.wire")
+        templates = [(f"url_forms.{name}.paths.{k}", v) for k, v in form.paths.items()]
+        templates += [(f"url_forms.{name}.query.{k}", v) for k, v in form.query.items()]
+        for key, source in templates:
+            try:
+                compile_template(source, TEMPLATE_NAMES)
+            except ExpressionError as exc:
+                problems.append(f"{path}: {key}: {exc}")
+            else:
+                problems += [
+                    f"{path}: {key}: reads settings.{n}, which `settings` does not declare"
+                    for n in _settings_read(source)
+                    if n not in spec.settings
+                ]
+    return problems
+
+
+def _settings_read(source: str) -> list[str]:
+    return re.findall(r"settings\.([A-Za-z_][A-Za-z0-9_]*)", source)
+
+
 def _liveness_problems(path: Path, spec: ProviderSpec) -> list[str]:
     if spec.liveness.by == "key" and not spec.auth.required:
         return [f'{path}: liveness.by: a provider whose key is optional cannot be live by key; use by = "probe"']
@@ -202,6 +275,7 @@ def load_specs(root: Path) -> Specs:
             problems += _expression_problems(routes_path, routes) + _route_problems(routes_path, routes)
 
     facts = _load_facts(root, problems)
+    profiles = _load_profiles(root, problems)
     providers: list[ProviderFile] = []
     provider_paths = sorted((root / "providers").glob("*.toml"))
     if not provider_paths:
@@ -209,10 +283,13 @@ def load_specs(root: Path) -> Specs:
     seen: dict[str, Path] = {}
     for path in provider_paths:
         data = _read_toml(path, problems)
-        spec = None if data is None else _parse(path, _with_facts(path, data, facts, problems), ProviderSpec, problems)
+        if data is not None:
+            data = _with_profiles(path, _with_facts(path, data, facts, problems), profiles, problems)
+        spec = None if data is None else _parse(path, data, ProviderSpec, problems)
         if spec is None:
             continue
         problems += _expression_problems(path, spec) + _wire_problems(path, spec) + _liveness_problems(path, spec)
+        problems += _url_problems(path, spec)
         if spec.provider.id in seen:
             problems.append(f"{path}: provider.id: {spec.provider.id!r} is already used by {seen[spec.provider.id]}")
         seen[spec.provider.id] = path

@@ -253,6 +253,42 @@ class ProviderInfo(Strict):
         default=None, pattern=r"^[A-Z][A-Z0-9_]*$", description="Env var that overrides `base_url`."
     )
     priority: int = Field(default=100, description="Lower is preferred when several providers serve one public model.")
+    base_url_required: bool = Field(
+        default=False,
+        description="`base_url` is only a placeholder (each customer has their own endpoint, as on Azure): the"
+        " provider is live only when `base_url_env` is set too.",
+    )
+    url_form: str | None = Field(
+        default=None, description="The `url_forms` entry models use unless their row names another."
+    )
+
+
+class Setting(Strict):
+    """A deployment-specific value spec templates may read as `settings.<name>` (an API version, say)."""
+
+    env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$", description="Env var that sets it.")
+    default: str = Field(description="Used while the env var is unset.")
+
+
+Template = Annotated[
+    str,
+    Field(
+        description="A sandboxed Jinja2 template over `model` (the row, plus `id` and `provider`) and `settings`,"
+        " rendered once per model at start-up.",
+        min_length=1,
+    ),
+]
+
+
+class UrlForm(Strict):
+    """Where a provider's models are reached: a path per wire shape, and query parameters, as templates over
+    the model row (`/openai/deployments/{{ model.upstream }}/chat/completions?api-version=…`). A wire whose
+    shape has no path here is never selected for the models using this form."""
+
+    paths: dict[str, Template] = Field(
+        min_length=1, description="Wire shape (`chat`, `responses`) → URL path under the base URL."
+    )
+    query: dict[str, Template] = Field(default_factory=dict, description="Query parameters added to every URL.")
 
 
 class Auth(Strict):
@@ -367,6 +403,12 @@ class ModelFacts(Strict):
     every provider row that names it in `facts` (a row's own keys win)."""
 
     name: str | None = Field(default=None, description="Human-readable name.")
+    aliases: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]] = Field(
+        default_factory=list,
+        description="More public IDs the model is served under, each a first-class ID of its own (listed in"
+        " /models, echoed in the diagnostic headers): e.g. the bare `gpt-5.5` clients know for `openai/gpt-5.5`."
+        " Every provider row naming these facts serves them, preferred by `provider.priority`.",
+    )
     tools: bool = False
     reasoning: bool = Field(default=False, description="Accepts `reasoning_effort` and reasons.")
     reasons_by_default: bool = Field(
@@ -391,12 +433,41 @@ class ModelFacts(Strict):
 
 
 class ModelRow(ModelFacts):
-    upstream: str = Field(description="The model name the provider expects on its wire.")
+    upstream: str = Field(description="The model name the provider expects on its wire (on Azure, the deployment).")
+    url_form: str | None = Field(default=None, description="The provider's `url_forms` entry this model uses.")
     facts: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:-]*$",
         description="Shared facts this row starts from: `<maker>/<model>` names specs/models/<maker>/<model>.toml.",
     )
+
+
+AnswerPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\[\])?(\.([A-Za-z_][A-Za-z0-9_-]*(\[\])?|\*))*$")]
+
+
+class AnswerError(Strict):
+    """A 200 answer (or stream chunk) that is really a refusal, recognized by a value in it. It becomes an
+    upstream error with this status, code and message, then goes through the error rules like any other."""
+
+    name: str = Field(description="Short identifier, shown by `engine lower --error`.")
+    why: str | None = None
+    when_true: AnswerPath = Field(
+        description="Holds when any value at this path is `true`; `[]` walks a list's elements, `*` an"
+        " object's values (`prompt_filter_results[].content_filter_results.*.filtered`)."
+    )
+    status: int = Field(default=400, ge=400, le=599)
+    type: str | None = None
+    code: str | None = None
+    message: str = Field(description="The upstream error's message (the error rules may still replace it).")
+
+
+class Answers(Strict):
+    """What a provider adds to its answers, handled before the wire codec raises them: fields removed from
+    JSON bodies and from every stream chunk, and the answers that are refusals."""
+
+    why: str | None = None
+    drop: list[FieldPath] = Field(default_factory=list, description="Paths removed from every answer and chunk.")
+    errors: list[AnswerError] = Field(default_factory=list)
 
 
 class ProviderSpec(Strict):
@@ -406,9 +477,30 @@ class ProviderSpec(Strict):
     timeouts: Timeouts = Timeouts()
     retry: Retry = Retry()
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers sent upstream.")
+    settings: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Setting] = Field(default_factory=dict)
+    url_forms: dict[str, UrlForm] = Field(
+        default_factory=dict,
+        description="Named URL forms; without any, the wire's own path is appended to the base URL.",
+    )
+    profiles: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]] = Field(
+        default_factory=list,
+        description="Shared rule sets (`specs/profiles/<name>.toml`) this provider follows: their mappings run"
+        " before the provider's own, their wire and error rules are tried after the provider's own.",
+    )
     mappings: list[Mapping] = Field(default_factory=list)
     wire_rules: list[WireRule] = Field(
         default_factory=list, description="Ordered; the first rule that holds picks the wire."
     )
     error_rules: list[ErrorRule] = Field(default_factory=list)
+    answers: Answers = Answers()
     models: dict[str, ModelRow] = Field(min_length=1, description="Public model ID → its row.")
+
+
+class ProfileSpec(Strict):
+    """How an API behaves whoever hosts it (`specs/profiles/<name>.toml`): rules written once and followed by
+    every provider that lists the profile, e.g. OpenAI's API as served by OpenAI and by Azure OpenAI."""
+
+    description: str = Field(description="What the profile is, and who follows it.")
+    mappings: list[Mapping] = Field(default_factory=list)
+    wire_rules: list[WireRule] = Field(default_factory=list)
+    error_rules: list[ErrorRule] = Field(default_factory=list)

@@ -13,12 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.spec.models import ModelFacts, ProviderSpec, RoutesSpec
+from engine.spec.models import ModelFacts, ProfileSpec, ProviderSpec, RoutesSpec
 
 PUBLISHED: dict[str, type[BaseModel]] = {
     "routes.schema.json": RoutesSpec,
     "provider.schema.json": ProviderSpec,
     "model.schema.json": ModelFacts,
+    "profile.schema.json": ProfileSpec,
 }
 
 

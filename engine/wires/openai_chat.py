@@ -58,6 +58,8 @@ class OpenAIChatWire:
                 yield error_from_doc(chunk)
                 continue
             usage = chunk.get("usage")
+            if not usage and not chunk.get("choices"):
+                continue  # carries nothing for a client (Azure's leading chunk of prompt filter results)
             if usage:
                 call.usage = Usage.from_chat(usage)
                 if not call.include_usage:
