@@ -25,7 +25,7 @@ log = logging.getLogger("engine.app")
 
 
 def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
-    operation = handler_for(spec.operation)
+    operation = handler_for(spec.operation, spec.receipt)
     needs_key = spec.auth == "gateway_key"
     limit = spec.max_body_mb or gw.specs.routes.gateway.max_body_mb
 

@@ -213,27 +213,56 @@ def _database(args: argparse.Namespace) -> Any:
     return open_database(args.db)
 
 
-def _prefix(args: argparse.Namespace) -> str:
+def _routes(args: argparse.Namespace) -> Any:
     from engine.spec.loader import load_specs
 
-    return load_specs(_specs_dir(args)).routes.gateway.key_prefix
+    return load_specs(_specs_dir(args)).routes
+
+
+def _limit_changes(args: argparse.Namespace, routes: Any) -> dict[str, float]:
+    """The limit flags given (`none` → -1: remove the key's own value), checked like routes.toml's."""
+    from engine.limits import check_limit_values
+    from engine.spec.models import LIMIT_NAMES
+    from engine.storage import StoreError
+
+    changes = {name: value for name in LIMIT_NAMES if (value := getattr(args, name, None)) is not None}
+    try:
+        check_limit_values(changes)
+    except ValueError as exc:
+        raise StoreError(f"invalid limit: {exc}") from None
+    tier = getattr(args, "tier", None)
+    if tier is not None and tier not in routes.limits.tiers:
+        known = ", ".join(sorted(routes.limits.tiers)) or "none are defined in routes.toml [limits.tiers]"
+        raise StoreError(f"no tier {tier!r}; known tiers: {known}")
+    return changes
+
+
+def _limits_text(record: Any) -> str:
+    return ",".join(f"{name}={value:g}" for name, value in sorted(record.limits.items())) or "-"
 
 
 async def _keys(args: argparse.Namespace) -> int:
     from engine.usage_report import grouped
 
+    routes = _routes(args)
+    changes = _limit_changes(args, routes) if args.keys_command in ("create", "update") else {}
     db = _database(args)
     await db.open()
     try:
         if args.keys_command == "create":
-            key = await db.create_key(args.name, _prefix(args))
+            tier = args.tier or routes.limits.default_tier
+            key = await db.create_key(args.name, routes.gateway.key_prefix, tier=tier, limits=changes)
             print(f"created key {args.name!r}; it is shown once, store it now:", file=sys.stderr)
             print(key)
+        elif args.keys_command == "update":
+            record = await db.update_key(args.name, tier=args.tier, limits=changes, clear_tier=args.no_tier)
+            print(f"updated key {record.name!r}: tier {record.tier or '-'}, limits {_limits_text(record)}")
         elif args.keys_command == "list":
             records = await db.list_keys()
             totals = {e["key"]: e for e in grouped(await db.daily(), ["key"], {})}
             print(
-                f"{'NAME':<20} {'ID':<13} {'CREATED':<20} {'STATE':<8} {'REQUESTS':>9} {'TOKENS':>12} {'COST_USD':>10}"
+                f"{'NAME':<20} {'ID':<13} {'CREATED':<20} {'STATE':<8} {'TIER':<8} {'LIMITS':<24} {'REQUESTS':>9}"
+                f" {'TOKENS':>12} {'COST_USD':>10}"
             )
             for record in records:
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created_at))
@@ -241,8 +270,9 @@ async def _keys(args: argparse.Namespace) -> int:
                 usage = totals.get(record.id, {})
                 tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
                 print(
-                    f"{record.name:<20} {record.id:<13} {created:<20} {state:<8} {usage.get('requests', 0):>9} "
-                    f"{tokens:>12} {usage.get('cost_usd', 0.0):>10.6f}"
+                    f"{record.name:<20} {record.id:<13} {created:<20} {state:<8} {record.tier or '-':<8}"
+                    f" {_limits_text(record):<24} {usage.get('requests', 0):>9} {tokens:>12}"
+                    f" {usage.get('cost_usd', 0.0):>10.6f}"
                 )
         elif args.keys_command == "revoke":
             await db.revoke_key(args.name)
@@ -304,6 +334,26 @@ def _day(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not a day as YYYY-MM-DD") from None
 
 
+def _limit_value(value: str) -> float:
+    if value.lower() == "none":
+        return -1.0  # remove the key's own value: its tier's or the default applies
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number (or `none`)") from None
+
+
+def _limit_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, what in (
+        ("--rpm", "requests per minute"),
+        ("--tpm", "tokens per minute"),
+        ("--concurrent", "requests in flight at once"),
+        ("--daily-usd", "spend budget per UTC day"),
+        ("--monthly-usd", "spend budget per UTC month"),
+    ):
+        parser.add_argument(flag, type=_limit_value, help=f"{what} for this key (`none`: the tier's or default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; prints it as the last line")
     create.add_argument("--name", required=True)
+    create.add_argument("--tier", help="a tier of routes.toml [limits.tiers] (default: limits.default_tier)")
+    _limit_flags(create)
+    update = keys_sub.add_parser("update", help="change a key's tier and limits; the key itself stays the same")
+    update.add_argument("name")
+    tiers = update.add_mutually_exclusive_group()
+    tiers.add_argument("--tier", help="move the key to this tier")
+    tiers.add_argument("--no-tier", action="store_true", help="take the key out of its tier")
+    _limit_flags(update)
     keys_sub.add_parser("list", help="list keys with their usage")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")

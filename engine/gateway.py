@@ -3,9 +3,11 @@ all built once at start-up. Request handlers only read it."""
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +17,13 @@ from engine.attempts import Policy
 from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
 from engine.ledger import Recorder
+from engine.limits import Gatekeeper
 from engine.liveness import Prober
 from engine.lower import Context
 from engine.sanitize import Sanitizer
 from engine.spec.loader import Specs, load_specs
-from engine.storage import REPO_ROOT, Database, open_database
+from engine.storage import REPO_ROOT, Database, open_database, open_limiter
+from engine.storage.base import Periods
 from engine.transport import make_client
 
 
@@ -34,6 +38,7 @@ class Gateway:
     catalog: Catalog
     database: Database
     recorder: Recorder
+    gatekeeper: Gatekeeper
     client: httpx.AsyncClient
     sanitizers: dict[str, Sanitizer]
     strip_fields: frozenset[str]
@@ -66,6 +71,7 @@ class Gateway:
             catalog=catalog,
             database=database,
             recorder=Recorder(database, routes.ledger),
+            gatekeeper=Gatekeeper(routes.limits, open_limiter(None, routes.limits.concurrency_lease_seconds)),
             client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
@@ -80,11 +86,21 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.database.open()
+        await self._seed_spend()
         self.recorder.start()
         await self.prober.start()
+
+    async def _seed_spend(self) -> None:
+        """Budgets count what the ledger already holds for this day and month."""
+        periods = Periods.at(time.time())
+        day = await self.database.spend_since(periods.day_ends - 86_400)
+        month_start = datetime.datetime.fromisoformat(periods.month + "-01").replace(tzinfo=datetime.UTC)
+        month = await self.database.spend_since(month_start.timestamp())
+        await self.gatekeeper.limiter.seed_spend(periods, day, month)
 
     async def shutdown(self) -> None:
         await self.prober.stop()
         await self.recorder.stop()
+        await self.gatekeeper.close()
         await self.client.aclose()
         await self.database.close()

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.spec.models import LedgerPolicy, Price
 from engine.storage import Ledger, UsageRow
@@ -66,11 +66,31 @@ class Trip:
     prompt_estimate: int = 0  # ~4 bytes per token of the request body, for the same case
     stream_error: bool = False  # the upstream sent an error event inside a stream
     candidate: Candidate | None = None  # the provider of the latest attempt
+    release: Callable[[UsageRow | None], None] | None = None  # the limiter's, once admitted
+    receipt: bool = False  # the route attaches a receipt to the answer
     recorded: bool = False
 
     @classmethod
     def begin(cls, key_id: str, operation: str, started: float) -> Trip:
         return cls(key_id, operation, f"req_{uuid.uuid4().hex}", time.time(), started)
+
+
+def receipt_of(row: UsageRow) -> dict[str, Any]:
+    """What a route with `receipt = true` attaches to its answer: the ledger row's usage and cost."""
+    return {
+        "request_id": row.request_id,
+        "model": row.public_model,
+        "provider": row.provider,
+        "usage": {
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "reasoning_tokens": row.reasoning_tokens,
+            "cached_tokens": row.cached_tokens,
+            **row.units,
+        },
+        "cost_usd": round(row.cost_usd, 9),
+        "attempts": row.attempts,
+    }
 
 
 class Recorder:
@@ -84,18 +104,26 @@ class Recorder:
         self.listeners: list[Callable[[UsageRow], None]] = []  # e.g. the limiter, for tokens and spend
 
     def finish(self, trip: Trip, usage: Usage | None, status: int, outcome: str = "ok") -> UsageRow | None:
-        """Record the trip once, if it reached a provider (a stream's relay and its error path may both try)."""
-        candidate = trip.candidate
-        if trip.recorded or candidate is None:
+        """Record the trip once (a stream's relay and its error path may both try): a row if it reached a
+        provider, and the limiter's release in any case."""
+        if trip.recorded:
             return None
         trip.recorded = True
+        row = None if trip.candidate is None else self._row(trip, trip.candidate, usage, status, outcome)
+        if row is not None:
+            self.add(row)
+        if trip.release is not None:
+            trip.release(row)
+        return row
+
+    def _row(self, trip: Trip, candidate: Candidate, usage: Usage | None, status: int, outcome: str) -> UsageRow:
         estimated = usage is None and outcome in ("client_closed", "stream_broken") and trip.chunks > 0
         if estimated:
             usage = Usage(prompt_tokens=trip.prompt_estimate, completion_tokens=trip.chunks)
         if trip.stream_error and outcome == "ok":
             outcome = "error"
         usage = usage or Usage()
-        row = UsageRow(
+        return UsageRow(
             ts=trip.ts,
             request_id=trip.request_id,
             key_id=trip.key_id,
@@ -115,8 +143,6 @@ class Recorder:
             attempts=max(trip.attempts, 1),
             estimated=estimated,
         )
-        self.add(row)
-        return row
 
     def add(self, row: UsageRow) -> None:
         self._pending.append(row)

@@ -130,8 +130,9 @@ def _refuse_unserved(candidate: Candidate, operation: str) -> GatewayError:
     )
 
 
-def by_model(row: OperationRow) -> Handler:
-    """Resolve the body's `model` to its live candidates and try them in fallback order."""
+def by_model(row: OperationRow, receipt: bool = False) -> Handler:
+    """Resolve the body's `model` to its live candidates, admit the request under the key's limits, and
+    try the candidates in fallback order."""
     prepare, validate, name = row.prepare, row.validate, row.name
     assert prepare is not None
 
@@ -152,15 +153,17 @@ def by_model(row: OperationRow) -> Handler:
 
             return build
 
+        candidates = [
+            (c.provider.id, c.provider.spec.retry, prepared(c)) for c in gw.catalog.resolve_all(_model_of(body))
+        ]
         trip = Trip.begin(key.id, name, timer.started)
         trip.prompt_estimate = len(await request.body()) // 4  # the body is cached: no second read
+        trip.receipt = receipt
+        trip.release = await gw.gatekeeper.admit(key, trip.prompt_estimate)  # a 429 here when over a limit
 
         def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
             return proxy(gw, ready[0], trip, timer, ready[1])
 
-        candidates = [
-            (c.provider.id, c.provider.spec.retry, prepared(c)) for c in gw.catalog.resolve_all(_model_of(body))
-        ]
         try:
             return await attempts.run(gw.attempts, gw.specs.routes.headers, candidates, attempt)
         except Exception as error:  # kept in the ledger if it reached a provider
@@ -179,10 +182,10 @@ def unimplemented(name: str) -> Handler:
     return operation
 
 
-def handler_for(name: str) -> Handler:
+def handler_for(name: str, receipt: bool = False) -> Handler:
     row = OPERATIONS[name]
     if row.resolve == "none" and row.respond is not None:
         return row.respond
     if row.resolve == "model" and row.prepare is not None:
-        return by_model(row)
+        return by_model(row, receipt)
     return unimplemented(name)

@@ -25,7 +25,7 @@ from litestar.response import Stream
 from engine.answers import AnswerRefused
 from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
-from engine.ledger import Trip
+from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
 from engine.shapes.base import Renderer, Sanitize
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
@@ -185,7 +185,9 @@ async def _proxy(
     answer_doc = _strip(gw, renderer.json(raised, call))
     if upstream.settle is not None:
         await upstream.settle(call, answer_doc)
-    gw.recorder.finish(trip, call.usage, 200)
+    row = gw.recorder.finish(trip, call.usage, 200)
+    if trip.receipt and row is not None and isinstance(answer_doc, dict):
+        answer_doc[gw.specs.routes.ledger.receipt_field] = receipt_of(row)
     overhead = gw.specs.routes.headers.overhead
     if overhead:
         headers[overhead] = timer.overhead_ms()

@@ -146,3 +146,15 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         yield db
     finally:
         await db.close()
+
+
+@pytest.fixture(params=["memory"])
+async def limiter(request: pytest.FixtureRequest) -> Any:
+    """An empty limiter of each backend."""
+    from engine.storage import open_limiter
+
+    limiter = open_limiter(None)
+    try:
+        yield limiter
+    finally:
+        await limiter.close()

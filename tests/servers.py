@@ -108,7 +108,11 @@ def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
         shutil.copy(extra, specs / "providers" / extra.name)
     routes = (specs / "routes.toml").read_text()  # write usage quickly, so tests can read it back
     assert "flush_seconds = 1.0" in routes
-    (specs / "routes.toml").write_text(routes.replace("flush_seconds = 1.0", "flush_seconds = 0.2", 1))
+    routes = routes.replace("flush_seconds = 1.0", "flush_seconds = 0.2", 1)
+    # a route that asks for receipts, as an operator's internal surface would (the external ones never do)
+    routes += '\n[[routes]]\nmethod = "POST"\npath = "/internal/v1/chat/completions"\n'
+    routes += 'operation = "chat.completions"\nreceipt = true\n'
+    (specs / "routes.toml").write_text(routes)
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     env |= {"ENGINE_SPECS": str(specs), "ENGINE_DB": str(tmp / "engine.sqlite3"), **provider_env}
     key = (

@@ -153,6 +153,10 @@ def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
         seen.add((route.method, route.path))
         if operation_needs_key(route.operation) and route.auth != "gateway_key":
             problems.append(f'{path}: routes[{i}].auth: operation {route.operation!r} needs auth = "gateway_key"')
+    tier = routes.limits.default_tier
+    if tier is not None and tier not in routes.limits.tiers:
+        known = ", ".join(sorted(routes.limits.tiers)) or "none defined"
+        problems.append(f"{path}: limits.default_tier: no tier {tier!r} under [limits.tiers] ({known})")
     return problems
 
 

@@ -110,11 +110,47 @@ class LedgerPolicy(Strict):
         default=1.0, gt=0, description="How often pending usage rows are written (and the most a crash loses)."
     )
     batch_rows: int = Field(default=1000, ge=1, description="Write early once this many rows are pending.")
+    receipt_field: str = Field(
+        default="compose_receipt",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Top-level field of the answer carrying the receipt (usage, cost, request id) on routes"
+        " with `receipt = true`. Routes without it strip the field like any in `sanitize.strip_fields`.",
+    )
     retention_days: int = Field(
         default=35,
         ge=1,
         description="Raw rows older than this many days are rolled up into daily aggregates per key, model,"
         " provider and operation, and deleted.",
+    )
+
+
+class LimitValues(Strict):
+    """Per-key limits. Unset means no limit of that kind (at this level: a tier or key may still set it)."""
+
+    rpm: int | None = Field(
+        default=None, ge=1, description="Requests per minute (a bucket of that size, refilled continuously)."
+    )
+    tpm: int | None = Field(default=None, ge=1, description="Tokens (prompt + completion) per minute.")
+    concurrent: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+    daily_usd: float | None = Field(default=None, gt=0, description="Spend per UTC day, in USD.")
+    monthly_usd: float | None = Field(default=None, gt=0, description="Spend per UTC calendar month, in USD.")
+
+
+LIMIT_NAMES: tuple[str, ...] = tuple(LimitValues.model_fields)
+
+
+class Limits(Strict):
+    """Limits as data: `defaults` for every key, then the key's tier, then the key's own values, each level
+    overriding the one before for the limits it sets (`engine keys create|update` sets tier and values)."""
+
+    defaults: LimitValues = LimitValues()
+    default_tier: str | None = Field(default=None, description="The tier of keys created without one.")
+    tiers: dict[str, LimitValues] = Field(default_factory=dict, description="Named tiers, e.g. free, pro.")
+    concurrency_lease_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="With a shared limiter (ENGINE_REDIS): how long a concurrency slot outlives an instance that"
+        " died holding it. Longer than the longest request.",
     )
 
 
@@ -226,6 +262,10 @@ class Route(Strict):
         description="Largest request body this route accepts, in MiB (default: gateway.max_body_mb). Larger"
         " uploads get a 413 before they are read whole.",
     )
+    receipt: bool = Field(
+        default=False,
+        description="Attach a receipt (usage, cost, request id) to JSON answers, under `ledger.receipt_field`.",
+    )
 
 
 class RoutesSpec(Strict):
@@ -237,6 +277,7 @@ class RoutesSpec(Strict):
     )
     fallback: Fallback = Fallback()
     ledger: LedgerPolicy = LedgerPolicy()
+    limits: Limits = Limits()
     routes: list[Route] = Field(min_length=1)
 
 

@@ -3,6 +3,9 @@
 - `sqlite:///relative/path`, `sqlite:////absolute/path`, or a plain file path: the embedded default,
   `var/engine.sqlite3` in the checkout;
 - `postgresql://user@host:port/db`: shared by every instance pointed at it.
+
+`ENGINE_REDIS` (`redis://host:port/db`) moves the limiter's counters (rates, live spend, concurrency
+slots) into Redis, shared by every instance; without it each process counts on its own.
 """
 
 from __future__ import annotations
@@ -10,12 +13,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.storage.base import Database, KeyRecord, KeyStore, Ledger, StoreError, UsageRow
+from engine.storage.base import Database, KeyRecord, KeyStore, Ledger, Limiter, StoreError, UsageRow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_DB = REPO_ROOT / "var" / "engine.sqlite3"
 
-__all__ = ["Database", "KeyRecord", "KeyStore", "Ledger", "StoreError", "UsageRow", "database_url", "open_database"]
+__all__ = [
+    "Database",
+    "KeyRecord",
+    "KeyStore",
+    "Ledger",
+    "Limiter",
+    "StoreError",
+    "UsageRow",
+    "database_url",
+    "open_database",
+    "open_limiter",
+]
 
 
 def database_url(configured: str | None = None) -> str:
@@ -37,3 +51,13 @@ def open_database(url: str | None = None) -> Database:
 
         return SqliteDatabase(sqlite_path(url))
     raise StoreError(f"ENGINE_DB: unsupported database URL scheme {scheme!r}; use sqlite:///PATH or postgresql://…")
+
+
+def open_limiter(url: str | None = None, lease_seconds: float = 900.0) -> Limiter:
+    """The limiter for `url`, else `ENGINE_REDIS`, else the in-process one."""
+    url = url or os.environ.get("ENGINE_REDIS") or None
+    if url is None:
+        from engine.storage.memory import MemoryLimiter
+
+        return MemoryLimiter()
+    raise StoreError("ENGINE_REDIS: the Redis limiter is not available in this build")

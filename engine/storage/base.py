@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -176,6 +176,74 @@ class Ledger(Protocol):
     async def recent(self, key_id: str | None = None, limit: int = 100) -> list[UsageRow]:
         """The latest raw rows, newest first (of one key, if given)."""
         ...
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's limits after defaults, tier and its own values are layered; None is no limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrent: int | None = None
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.concurrent, self.daily_usd, self.monthly_usd))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    limit: str  # a KeyLimits field name
+    value: float  # the limit
+    retry_after: float  # seconds until a request would be admitted (for a budget: until the period rolls over)
+
+
+@dataclass(frozen=True)
+class Admission:
+    refusal: Refusal | None = None
+    slot: str | None = None  # the concurrency slot held, handed back to `settle`
+
+
+@dataclass(frozen=True)
+class Periods:
+    """The UTC day and month a budget counts in, and when each ends."""
+
+    day: str
+    month: str
+    day_ends: float
+    month_ends: float
+
+    @classmethod
+    def at(cls, now: float) -> Periods:
+        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+        tomorrow = today + datetime.timedelta(days=1)
+        next_month = (today.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+        return cls(today.isoformat(), today.isoformat()[:7], _midnight(tomorrow), _midnight(next_month))
+
+
+def _midnight(day: datetime.date) -> float:
+    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC).timestamp()
+
+
+class Limiter(Protocol):
+    """Rate counters, live spend and concurrency slots. Admission checks every limit and, only if all
+    pass, takes a request (and `tokens`, an estimate) from the buckets and a slot, atomically."""
+
+    async def admit(self, key_id: str, limits: KeyLimits, tokens: int) -> Admission: ...
+
+    def settle(
+        self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float
+    ) -> Awaitable[None] | None:
+        """After the request: the slot back, tokens beyond the estimate charged, the spend added.
+        In-process limiters settle at once and return None; shared ones return the work to schedule."""
+        ...
+
+    async def seed_spend(self, periods: Periods, day: Mapping[str, float], month: Mapping[str, float]) -> None:
+        """Spend already in the ledger at start-up, where the limiter has none for the period yet."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class Database(KeyStore, Ledger, Protocol):

@@ -1,0 +1,128 @@
+"""Limits: per-key requests and tokens per minute, requests in flight, and daily/monthly spend budgets.
+
+routes.toml `[limits]` holds the defaults and named tiers; a key carries its tier and its own values
+(`engine keys create|update`). `Gatekeeper.admit` runs once per proxied request, after validation and
+before the first upstream attempt; its `release` runs when the trip is recorded (for a stream, when it
+ends), handing the concurrency slot back and charging the tokens and cost the request really used.
+
+Tokens are only known afterwards, so admission charges an estimate (~4 bytes of request body per token)
+and the settlement charges the rest: a token or spend limit lets through the requests already in flight
+when it is crossed, then refuses until it has room again (tokens) or the period rolls over (spend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engine.errors import GatewayError
+from engine.spec.models import LIMIT_NAMES, LimitValues
+from engine.spec.models import Limits as LimitsSpec
+from engine.storage.base import Admission, KeyLimits, KeyRecord, Limiter, Refusal, UsageRow
+
+log = logging.getLogger("engine.limits")
+
+_WHAT = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "concurrent": "concurrent requests",
+    "daily_usd": "daily spend budget (USD)",
+    "monthly_usd": "monthly spend budget (USD)",
+}
+_BUDGETS = frozenset({"daily_usd", "monthly_usd"})
+
+
+def layered(spec: LimitsSpec, tier: str | None, own: dict[str, float]) -> KeyLimits:
+    """Defaults, then the tier (the key's, else `default_tier`), then the key's own values."""
+    values: dict[str, Any] = spec.defaults.model_dump(exclude_none=True)
+    tier_values = spec.tiers.get(tier or spec.default_tier or "")
+    if tier_values is not None:
+        values |= tier_values.model_dump(exclude_none=True)
+    values |= {name: value for name, value in own.items() if name in LIMIT_NAMES}
+    for name in ("rpm", "tpm", "concurrent"):
+        if name in values:
+            values[name] = int(values[name])
+    return KeyLimits(**values)
+
+
+def check_limit_values(values: dict[str, float]) -> None:
+    """Validate a key's own limit values as routes.toml's would be (ValueError naming the problem)."""
+    LimitValues.model_validate({k: v for k, v in values.items() if v >= 0})
+
+
+def refused(refusal: Refusal) -> GatewayError:
+    wait = max(1, math.ceil(refusal.retry_after))
+    what = _WHAT[refusal.limit]
+    value = f"{refusal.value:g}"
+    if refusal.limit in _BUDGETS:
+        period = "day" if refusal.limit == "daily_usd" else "month"
+        return GatewayError(
+            429,
+            f"This key has used its {what} of {value}. It resets when the UTC {period} rolls over, in {wait} s;"
+            " ask the gateway operator to raise the budget to continue sooner.",
+            type="insufficient_quota",
+            code="budget_exceeded",
+            headers={"retry-after": str(wait)},
+        )
+    return GatewayError(
+        429,
+        f"Rate limit reached for this key on {what} ({refusal.limit}): limit {value}. Retry in {wait} s.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(wait)},
+    )
+
+
+class Gatekeeper:
+    def __init__(self, spec: LimitsSpec, limiter: Limiter) -> None:
+        self.spec = spec
+        self.limiter = limiter
+        self._memo: dict[tuple[str | None, tuple[tuple[str, float], ...]], KeyLimits] = {}
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def limits_of(self, key: KeyRecord) -> KeyLimits:
+        memo_key = (key.tier, tuple(sorted(key.limits.items())))
+        limits = self._memo.get(memo_key)
+        if limits is None:
+            limits = self._memo[memo_key] = layered(self.spec, key.tier, dict(key.limits))
+        return limits
+
+    async def admit(self, key: KeyRecord, estimate: int) -> Callable[[UsageRow | None], None] | None:
+        """Admit a request of `key` or raise the 429; returns the release to call once it is done."""
+        limits = self.limits_of(key)
+        if not limits:
+            return None
+        admission = await self.limiter.admit(key.id, limits, estimate)
+        if admission.refusal is not None:
+            raise refused(admission.refusal)
+        key_id = key.id
+
+        def release(row: UsageRow | None) -> None:
+            tokens = row.prompt_tokens + row.completion_tokens - estimate if row is not None else -estimate
+            cost = row.cost_usd if row is not None else 0.0
+            self._schedule(self.limiter.settle(key_id, limits, admission, tokens, cost))
+
+        return release
+
+    def _schedule(self, work: Awaitable[None] | None) -> None:
+        if work is None:
+            return
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settling a request with the limiter failed: %s", task.exception())
+
+    async def close(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        await self.limiter.close()
+
+
+__all__ = ["Admission", "Gatekeeper", "check_limit_values", "layered", "refused"]
