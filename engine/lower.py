@@ -9,6 +9,7 @@ every provider spec.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import urlencode
 from engine import carry
 from engine.catalog import Candidate
 from engine.mapping import apply_stage
+from engine.schemas import rewrite_request
 from engine.select import WireChoice
 from engine.wires.base import JSON, AnswerKind, BodyKind, Call
 
@@ -67,6 +69,9 @@ def lower_request(
     mappings = candidate.plan(operation).mappings
     if codec.accepts != "responses":  # request-stage mappings are written against OpenAI's chat and media shapes
         apply_stage(mappings, "request", body, names)
+    schema_rules = candidate.provider.spec.schemas
+    if schema_rules is not None and codec.accepts in ("chat", "responses"):  # engine.schemas
+        rewrite_request(body, schema_rules, codec.accepts)
 
     stream = request.get("stream") is True
     options = request.get("stream_options")
@@ -76,6 +81,9 @@ def lower_request(
         stream=stream,
         include_usage=stream and isinstance(options, dict) and options.get("include_usage") is True,
         carried=unpacked.carried,
+        row=candidate.row,
+        finish_reasons=candidate.provider.spec.finish_reasons,
+        created=int(time.time()),
     )
     lowered = codec.lower(body, call)
     kind = lowered.body_kind

@@ -439,6 +439,21 @@ class Modalities(Strict):
     output: list[Modality] = Field(default_factory=lambda: list[Modality](["text"]))
 
 
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
+class Thinking(Strict):
+    """How OpenAI's `reasoning_effort` becomes a model's own reasoning control, for codecs whose wire has
+    one (Gemini's `thinkingLevel` or `thinkingBudget`). Which knob and which values are model facts."""
+
+    knob: str = Field(description="The wire's control, e.g. `thinkingLevel` (Gemini 3) or `thinkingBudget` (2.5).")
+    effort: dict[Effort, str | int] = Field(
+        min_length=1,
+        description="`reasoning_effort` value → the knob's value. An effort missing here is refused with a 400"
+        " that lists the ones the model takes.",
+    )
+
+
 class ModelFacts(Strict):
     """What a model is, whoever serves it: written once in `specs/models/<maker>/<model>.toml` and read by
     every provider row that names it in `facts` (a row's own keys win)."""
@@ -471,6 +486,21 @@ class ModelFacts(Strict):
     adjustable_dimensions: bool = Field(
         default=False, description="Embedding models: accepts `dimensions` (up to `dimensions`) to shorten vectors."
     )
+    thinking: Thinking | None = Field(
+        default=None, description="How `reasoning_effort` is lowered, for wires with their own reasoning control."
+    )
+
+
+class SchemaRules(Strict):
+    """How JSON Schemas in a request (tool parameters, `response_format`) are rewritten for a provider that
+    accepts only part of JSON Schema. Steps, in order: local `$ref`s are inlined, `allOf` is merged into
+    its parent, `const` becomes a one-value `enum`, then every keyword not in `keep` is removed."""
+
+    why: str = Field(description="What the provider refuses; shown in reviews.")
+    keep: list[str] = Field(min_length=1, description="The JSON Schema keywords the provider accepts.")
+    inline_refs: bool = Field(default=True, description="Replace local `$ref`s by what they point to.")
+    merge_all_of: bool = Field(default=True, description="Fold `allOf` subschemas into the schema holding them.")
+    const_to_enum: bool = Field(default=True, description="`const: x` becomes `enum: [x]`.")
 
 
 class ModelRow(ModelFacts):
@@ -534,6 +564,15 @@ class ProviderSpec(Strict):
     )
     error_rules: list[ErrorRule] = Field(default_factory=list)
     answers: Answers = Answers()
+    finish_reasons: dict[str, Literal["stop", "length", "tool_calls", "content_filter"]] = Field(
+        default_factory=dict,
+        description="The upstream's finish reasons → OpenAI's, for codecs that translate them. `stop` with tool"
+        " calls is raised as `tool_calls`; `content_filter` answers with the content-filter error (through"
+        " `error_rules`). Unlisted reasons are raised as `stop`.",
+    )
+    schemas: SchemaRules | None = Field(
+        default=None, description="Rewrite request JSON Schemas into the subset this provider accepts."
+    )
     models: dict[str, ModelRow] = Field(min_length=1, description="Public model ID → its row.")
 
 

@@ -8,12 +8,13 @@ snapshot-testable, and leaves sending to `engine.transport`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import msgspec
 
+from engine.spec.models import ModelRow
 from engine.wires.sse import Event
 
 JSON = dict[str, Any]
@@ -127,6 +128,9 @@ class Call:
     include_usage: bool = False  # the client asked for the usage chunk
     usage: Usage | None = None
     carried: dict[str, bytes] = field(default_factory=dict)  # engine.carry: original tool-call id → state
+    row: ModelRow | None = None  # the model's catalog row, for codecs that lower catalog facts (thinking)
+    finish_reasons: Mapping[str, str] = field(default_factory=dict)  # the spec's upstream → OpenAI table
+    created: int = 0  # unix time the request was lowered: `created` for wires whose answers carry none
 
 
 class Wire(Protocol):
