@@ -44,8 +44,20 @@ def wire_of(directory: str) -> tuple[Wire, AnswerFilter | None]:
     return provider.wire, provider.answers
 
 
-def call(include_usage: bool, stream: bool) -> Call:
-    return Call(public_model="acme/model", upstream_model="upstream-model", stream=stream, include_usage=include_usage)
+# Codecs that translate finish reasons read the table of the shipped spec that uses them.
+FINISH_REASONS = {
+    f.spec.provider.wire: f.spec.finish_reasons for f in load_specs(SPECS).providers if f.spec.finish_reasons
+}
+
+
+def call(wire: Wire, include_usage: bool, stream: bool) -> Call:
+    return Call(
+        public_model="acme/model",
+        upstream_model="upstream-model",
+        stream=stream,
+        include_usage=include_usage,
+        finish_reasons=FINISH_REASONS.get(wire.name, {}),
+    )
 
 
 def sanitize(status: int | None, error: UpstreamError) -> GatewayError:
@@ -62,7 +74,7 @@ async def _chunks(raw: bytes) -> AsyncIterator[bytes]:
 async def render(
     wire: Wire, renderer: Renderer, raw: bytes, include_usage: bool, answers: AnswerFilter | None = None
 ) -> list[Any]:
-    trip = call(include_usage, stream=True)
+    trip = call(wire, include_usage, stream=True)
     frames: list[Any] = []
     events = iter_events(_chunks(raw))
     if answers is not None:
@@ -88,7 +100,7 @@ async def render(
 
 
 def raised_json(wire: Wire, doc: dict[str, Any], answers: AnswerFilter | None = None) -> dict[str, Any]:
-    trip = call(include_usage=False, stream=False)
+    trip = call(wire, include_usage=False, stream=False)
     refused = answers.apply(doc) if answers is not None else None
     if refused is not None:
         return {"refused": dataclasses.asdict(refused)}
@@ -97,7 +109,7 @@ def raised_json(wire: Wire, doc: dict[str, Any], answers: AnswerFilter | None = 
     if isinstance(answer, UpstreamError):  # a 200 that the codec reads as an error
         return {"upstream_error": dataclasses.asdict(answer), "metered": metered}
     result: dict[str, Any] = {"chat": answer, "metered": metered}
-    if wire.shape == "chat":
+    if wire.shape != "responses":  # raised to chat: /responses clients get it converted
         result["as_responses"] = FromChatRenderer(RESPONSES_REQUEST, "acme/model").json(answer, trip)
     return result
 
@@ -113,7 +125,7 @@ def test_raised_answers(path: Path, snapshot_json: Any) -> None:
             "chat_stream": asyncio.run(render(wire, CHAT, raw, True, answers)),
             "chat_stream_without_usage_requested": asyncio.run(render(wire, CHAT, raw, False, answers)),
         }
-        if wire.shape == "chat":
+        if wire.shape != "responses":  # raised to chat: /responses clients get it converted
             result["as_responses_stream"] = asyncio.run(
                 render(wire, FromChatRenderer(RESPONSES_REQUEST, "acme/model"), raw, True, answers)
             )
