@@ -70,10 +70,11 @@ class Fake:
 
 
 @contextlib.contextmanager
-def run_fake() -> Iterator[Fake]:
+def run_fake(module: str = "tests.fakes.openai_fake", base_path: str = "/v1", *args: str) -> Iterator[Fake]:
+    """A fake upstream (`python -m <module>`) on a free port; its URL ends in `base_path`."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.openai_fake", "--port", str(port)],
+        [sys.executable, "-m", module, "--port", str(port), *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -81,7 +82,7 @@ def run_fake() -> Iterator[Fake]:
     try:
         wait_for_port(port, process)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as control:
-            yield Fake(f"http://127.0.0.1:{port}/v1", control)
+            yield Fake(f"http://127.0.0.1:{port}{base_path}", control)
     finally:
         stop(process)
 
