@@ -75,6 +75,50 @@ class Usage:
         )
 
 
+def chat_usage(usage: Usage) -> dict[str, Any]:
+    """A Usage in the Chat Completions shape."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+class ChunkWriter:
+    """The `chat.completion.chunk`s a codec raising another wire's stream emits: one id, created time and
+    model on every chunk, `role` on the first delta, and the choice-less usage chunk at the end."""
+
+    def __init__(self, id: str, created: int, model: str | None) -> None:
+        self.id = id
+        self.created = created
+        self.model = model
+        self.started = False
+
+    def chunk(self, delta: JSON, finish: str | None = None) -> JSON:
+        if not self.started:
+            delta = {"role": "assistant", **delta}
+            self.started = True
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    def usage_chunk(self, usage: Usage) -> JSON:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": chat_usage(usage),
+        }
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 

@@ -26,8 +26,18 @@ import msgspec
 
 from engine import carry
 from engine.errors import GatewayError
-from engine.wires.base import JSON, Call, Lowered, StreamBroken, StreamItem, UpstreamError, Usage
-from engine.wires.openai_responses import chat_usage, text_of
+from engine.wires.base import (
+    JSON,
+    Call,
+    ChunkWriter,
+    Lowered,
+    StreamBroken,
+    StreamItem,
+    UpstreamError,
+    Usage,
+    chat_usage,
+)
+from engine.wires.openai_responses import text_of
 from engine.wires.sse import Event
 
 _decode = msgspec.json.decode
@@ -534,32 +544,20 @@ def gemini_error_from(doc: JSON) -> UpstreamError:
     )
 
 
-class _Stream:
+class _Stream(ChunkWriter):
     """Gemini chunks → chat chunks. Text and thoughts stream as they come; function calls are held to the
     end of the stream (Gemini sends each whole), because their signature may arrive on a later part and
     must be packed into the id that the call's first fragment carries."""
 
     def __init__(self, call: Call) -> None:
+        super().__init__("chatcmpl-gemini", call.created, call.upstream_model)
         self.call = call
         self.step = _Step("")
-        self.model = call.upstream_model
-        self.started = False
-
-    def chunk(self, delta: JSON, finish: str | None = None) -> JSON:
-        if not self.started:
-            delta = {"role": "assistant", **delta}
-            self.started = True
-        return {
-            "id": f"chatcmpl-{self.step.response_id or 'gemini'}",
-            "object": "chat.completion.chunk",
-            "created": self.call.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
 
     def on(self, doc: JSON) -> list[JSON]:
         if not self.step.response_id and doc.get("responseId"):
             self.step.response_id = str(doc["responseId"])
+            self.id = f"chatcmpl-{self.step.response_id}"
         self.model = doc.get("modelVersion") or self.model
         if doc.get("usageMetadata"):
             self.call.usage = usage_of(doc["usageMetadata"])
@@ -582,5 +580,5 @@ class _Stream:
             out.append(self.chunk({"tool_calls": [{"index": index, **tool_call}]}))
         out.append(self.chunk({}, finish))
         if self.call.include_usage and self.call.usage is not None:
-            out.append({**self.chunk({}), "choices": [], "usage": chat_usage(self.call.usage)})
+            out.append(self.usage_chunk(self.call.usage))
         return out

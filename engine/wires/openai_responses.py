@@ -18,11 +18,13 @@ from engine.errors import GatewayError
 from engine.wires.base import (
     JSON,
     Call,
+    ChunkWriter,
     Lowered,
     StreamBroken,
     StreamItem,
     UpstreamError,
     Usage,
+    chat_usage,
     error_from_doc,
     openai_error_of,
 )
@@ -212,16 +214,6 @@ def usage_from_responses(usage: Any) -> Usage | None:
     )
 
 
-def chat_usage(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
-
-
 def finish_reason(response: dict[str, Any], made_calls: bool) -> str:
     if response.get("status") == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
@@ -376,31 +368,16 @@ class OpenAIResponsesWire:
         return openai_error_of(body)
 
 
-class _ChunkState:
+class _ChunkState(ChunkWriter):
     """Turns Responses stream events into chat chunks. Tool calls are indexed in order of appearance and
     keyed by item id, because argument deltas name the item, not the call."""
 
     def __init__(self, call: Call) -> None:
+        super().__init__("resp", 0, call.upstream_model)
         self.call = call
-        self.id = "resp"
-        self.model: str | None = call.upstream_model
-        self.created = 0
         self.tool_index: dict[str, int] = {}  # item id → chat tool-call index
         self.arguments: dict[int, str] = {}  # index → arguments sent so far
-        self.started = False
         self.done = False
-
-    def chunk(self, delta: JSON, finish: str | None = None) -> JSON:
-        if not self.started:
-            delta = {"role": "assistant", **delta}
-            self.started = True
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
 
     def on(self, kind: str | None, data: JSON) -> list[JSON]:
         if kind == "response.created":
@@ -472,16 +449,7 @@ class _ChunkState:
         chunks = [self.chunk({}, finish_reason(response, bool(self.tool_index)))]
         self.call.usage = usage_from_responses(response.get("usage"))
         if self.call.include_usage and self.call.usage is not None:
-            chunks.append(
-                {
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": chat_usage(self.call.usage),
-                }
-            )
+            chunks.append(self.usage_chunk(self.call.usage))
         return chunks
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.openai_fake import Fake
+from tests.fakes.openai_fake import Fake, add_control_routes, serve
 
 SKIP_SIGNATURES = {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
 FIXED_REPLY = "Hello from the fake Gemini."
@@ -343,10 +343,7 @@ def make_app(key: str, record: bool = True) -> web.Application:
     fake.record = record
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1beta/models/{target}", fake.generate)
-    app.router.add_post("/_fake/script", fake.add_script)
-    app.router.add_get("/_fake/requests", fake.list_requests)
-    app.router.add_get("/_fake/stats", fake.stats)
-    app.router.add_delete("/_fake/requests", fake.clear)
+    add_control_routes(app, fake)
     return app
 
 
@@ -357,15 +354,7 @@ def main() -> None:
     parser.add_argument("--key", default=os.environ.get("GEMINI_FAKE_KEY", "gemini-test-key"))
     parser.add_argument("--no-record", action="store_true", help="keep no request log (benchmarks)")
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    web.run_app(
-        make_app(args.key, record=not args.no_record), host=args.host, port=args.port, print=None, access_log=None
-    )
+    serve(make_app(args.key, record=not args.no_record), args.host, args.port)
 
 
 if __name__ == "__main__":

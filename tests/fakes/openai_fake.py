@@ -438,11 +438,16 @@ def make_app(record: bool = True) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/v1/responses", fake.chat)
+    add_control_routes(app, fake)
+    return app
+
+
+def add_control_routes(app: web.Application, fake: Fake) -> None:
+    """The `/_fake/` control API every fake shares: script answers, read and clear the request log."""
     app.router.add_post("/_fake/script", fake.add_script)
     app.router.add_get("/_fake/requests", fake.list_requests)
     app.router.add_get("/_fake/stats", fake.stats)
     app.router.add_delete("/_fake/requests", fake.clear)
-    return app
 
 
 def main() -> None:
@@ -451,13 +456,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--no-record", action="store_true", help="keep no request log (benchmarks)")
     args = parser.parse_args()
+    serve(make_app(record=not args.no_record), args.host, args.port)
+
+
+def serve(app: web.Application, host: str, port: int) -> None:
+    """Run a fake until interrupted, on uvloop when it is installed."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(record=not args.no_record), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
 
 
 if __name__ == "__main__":
