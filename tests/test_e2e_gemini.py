@@ -297,7 +297,8 @@ def test_blocked_answers_are_the_sanitized_content_filter_error(
 def test_gemini_errors_become_openai_errors(
     sdk: openai.OpenAI, gemini: Fake, upstream: dict[str, Any], status: int, code: str
 ) -> None:
-    gemini.script({"status": upstream["code"], "json": {"error": upstream}})
+    failure = {"status": upstream["code"], "json": {"error": upstream}}
+    gemini.script(failure, failure)  # retryable statuses are tried twice on the provider (its [retry] default)
     with pytest.raises(openai.APIStatusError) as caught:
         sdk.chat.completions.create(model="google/gemini-2.5-pro", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == status
