@@ -21,7 +21,7 @@ from typing import Any
 from engine.errors import GatewayError
 from engine.spec.models import LIMIT_NAMES, LimitValues
 from engine.spec.models import Limits as LimitsSpec
-from engine.storage.base import Admission, KeyLimits, KeyRecord, Limiter, Refusal, UsageRow
+from engine.storage.base import Admission, KeyLimits, KeyRecord, Limiter, Refusal, StoreError, UsageRow
 
 log = logging.getLogger("engine.limits")
 
@@ -95,7 +95,17 @@ class Gatekeeper:
         limits = self.limits_of(key)
         if not limits:
             return None
-        admission = await self.limiter.admit(key.id, limits, estimate)
+        try:
+            admission = await self.limiter.admit(key.id, limits, estimate)
+        except StoreError as exc:
+            log.error("limiter unavailable: %s", exc)
+            raise GatewayError(
+                503,
+                "The gateway cannot check this key's limits right now. Retry shortly.",
+                type="api_error",
+                code="limiter_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
         if admission.refusal is not None:
             raise refused(admission.refusal)
         key_id = key.id

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +138,58 @@ def create_key(db_url: str, name: str = "t", prefix: str = "compose-", **limits:
     return asyncio.run(create())
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """A PostgreSQL server for the session (skips what needs it, saying why, where none can start)."""
+    from tests.backends import Unavailable, run_postgres
+
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(run_postgres())
+        except Unavailable as exc:
+            pytest.skip(f"PostgreSQL tests skipped: {exc}")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Any:
+    """A Redis server for the session (skips what needs it, saying why, where none can start)."""
+    from tests.backends import Unavailable, run_redis
+
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(run_redis())
+        except Unavailable as exc:
+            pytest.skip(f"Redis tests skipped: {exc}")
+        yield server
+
+
+_databases = itertools.count()
+
+
+async def fresh_postgres(pg_server: Any) -> str:
+    """The URL of a new, empty database on the session's server."""
+    import asyncpg
+
+    name = f"t{os.getpid()}_{next(_databases)}"
+    conn = await asyncpg.connect(pg_server.url())
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return str(pg_server.url(name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """A migrated, empty database of each backend."""
     from engine.storage import open_database
 
-    db = open_database(f"sqlite:///{tmp_path}/engine.sqlite3")
+    if request.param == "postgresql":
+        url = await fresh_postgres(request.getfixturevalue("pg_server"))
+    else:
+        url = f"sqlite:///{tmp_path}/engine.sqlite3"
+    db = open_database(url)
     await db.open()
     try:
         yield db
@@ -148,12 +197,20 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         await db.close()
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 async def limiter(request: pytest.FixtureRequest) -> Any:
     """An empty limiter of each backend."""
     from engine.storage import open_limiter
 
-    limiter = open_limiter(None)
+    url = None
+    if request.param == "redis":
+        import redis.asyncio as aioredis
+
+        url = request.getfixturevalue("redis_server").url()
+        flush = aioredis.Redis.from_url(url)
+        await flush.flushdb()
+        await flush.aclose()
+    limiter = open_limiter(url)
     try:
         yield limiter
     finally:

@@ -101,8 +101,9 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
-    """`engine serve` on a free port with the shipped specs plus the test-only providers."""
+def run_gateway(tmp: Path, provider_env: dict[str, str], key_name: str = "e2e") -> Iterator[Gateway]:
+    """`engine serve` on a free port with the shipped specs plus the test-only providers, and a key named
+    `key_name` (`provider_env` may also name the database: ENGINE_DB, ENGINE_REDIS)."""
     specs = tmp / "specs"
     shutil.copytree(REPO / "specs", specs)
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
@@ -117,7 +118,9 @@ def run_gateway(tmp: Path, provider_env: dict[str, str]) -> Iterator[Gateway]:
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     env |= {"ENGINE_SPECS": str(specs), "ENGINE_DB": str(tmp / "engine.sqlite3"), **provider_env}
     key = (
-        subprocess.run([ENGINE, "keys", "create", "--name", "e2e"], env=env, capture_output=True, text=True, check=True)
+        subprocess.run(
+            [ENGINE, "keys", "create", "--name", key_name], env=env, capture_output=True, text=True, check=True
+        )
         .stdout.strip()
         .splitlines()[-1]
     )

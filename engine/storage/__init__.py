@@ -50,6 +50,10 @@ def open_database(url: str | None = None) -> Database:
         from engine.storage.sqlite import SqliteDatabase
 
         return SqliteDatabase(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        from engine.storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(url)
     raise StoreError(f"ENGINE_DB: unsupported database URL scheme {scheme!r}; use sqlite:///PATH or postgresql://…")
 
 
@@ -60,4 +64,8 @@ def open_limiter(url: str | None = None, lease_seconds: float = 900.0) -> Limite
         from engine.storage.memory import MemoryLimiter
 
         return MemoryLimiter()
-    raise StoreError("ENGINE_REDIS: the Redis limiter is not available in this build")
+    if url.partition("://")[0].lower() not in ("redis", "rediss", "unix", "valkey", "valkeys"):
+        raise StoreError("ENGINE_REDIS: use a redis://host:port/db (or rediss://, unix://) URL")
+    from engine.storage.redis import RedisLimiter
+
+    return RedisLimiter(url, lease_seconds)

@@ -285,6 +285,49 @@ def usage_row(values: Sequence[Any]) -> UsageRow:
     )  # fmt: skip
 
 
+def daily_values(item: DailyUsage) -> tuple[Any, ...]:
+    return (
+        *(getattr(item, c) for c in DAILY_KEY),
+        *(getattr(item, c) for c in DAILY_SUMS),
+        encode_units(item.units),
+        item.cost_usd,
+    )
+
+
+def row_values(row: UsageRow) -> tuple[Any, ...]:
+    return (
+        row.ts,
+        row.day,
+        row.request_id,
+        row.key_id,
+        row.public_model,
+        row.provider,
+        row.upstream_model,
+        row.operation,
+        row.status,
+        row.outcome,
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.reasoning_tokens,
+        row.cached_tokens,
+        encode_units(row.units),
+        row.cost_usd,
+        row.latency_ms,
+        row.attempts,
+        row.estimated,
+    )
+
+
+def merge_units_into(folded: list[DailyUsage], existing: list[DailyUsage]) -> None:
+    """Before an upsert of `folded` over `existing` daily rows: units are JSON, so their sum is written
+    whole (the numeric columns add up in SQL)."""
+    by_group = {tuple(getattr(item, c) for c in DAILY_KEY): item for item in existing}
+    for item in folded:
+        old = by_group.get(tuple(getattr(item, c) for c in DAILY_KEY))
+        if old is not None:
+            add_units(item.units, old.units)
+
+
 def day_bounds(since: str | None, until: str | None) -> tuple[str, str]:
     """Inclusive days [since, until] as the half-open range the queries take."""
     end = (datetime.date.fromisoformat(until) + datetime.timedelta(days=1)).isoformat() if until else "9999-12-31"

@@ -24,13 +24,15 @@ from engine.storage.base import (
     StoreError,
     UsageRow,
     aggregate,
+    daily_values,
     day_bounds,
     decode_limits,
     digest,
     encode_limits,
-    encode_units,
+    merge_units_into,
     merged_limits,
     new_key,
+    row_values,
     usage_row,
 )
 
@@ -138,39 +140,6 @@ _UPSERT_DAILY = f"""
 def _record(row: tuple[Any, ...]) -> KeyRecord:
     key_id, name, created_at, revoked_at, tier, limits = row[:6]
     return KeyRecord(key_id, name, created_at, revoked_at, tier, decode_limits(limits))
-
-
-def daily_values(item: DailyUsage) -> tuple[Any, ...]:
-    return (
-        *(getattr(item, c) for c in DAILY_KEY),
-        *(getattr(item, c) for c in DAILY_SUMS),
-        encode_units(item.units),
-        item.cost_usd,
-    )
-
-
-def row_values(row: UsageRow) -> tuple[Any, ...]:
-    return (
-        row.ts,
-        row.day,
-        row.request_id,
-        row.key_id,
-        row.public_model,
-        row.provider,
-        row.upstream_model,
-        row.operation,
-        row.status,
-        row.outcome,
-        row.prompt_tokens,
-        row.completion_tokens,
-        row.reasoning_tokens,
-        row.cached_tokens,
-        encode_units(row.units),
-        row.cost_usd,
-        row.latency_ms,
-        row.attempts,
-        row.estimated,
-    )
 
 
 class SqliteDatabase:
@@ -313,15 +282,7 @@ class SqliteDatabase:
         db.execute("BEGIN IMMEDIATE")
         try:
             folded = aggregate(db.execute(_GROUPED, ("", before_day)).fetchall())
-            existing = {
-                tuple(item.__dict__[c] for c in DAILY_KEY): item
-                for item in aggregate(db.execute(_DAILY, ("", before_day)).fetchall())
-            }
-            for item in folded:  # units are JSON: merged here, so the upsert writes the sum
-                old = existing.get(tuple(getattr(item, c) for c in DAILY_KEY))
-                if old is not None:
-                    for unit, amount in old.units.items():
-                        item.units[unit] = item.units.get(unit, 0) + amount
+            merge_units_into(folded, aggregate(db.execute(_DAILY, ("", before_day)).fetchall()))
             db.executemany(_UPSERT_DAILY, [daily_values(item) for item in folded])
             count = db.execute("DELETE FROM requests WHERE day < ?", (before_day,)).rowcount
             db.execute("COMMIT")

@@ -1,0 +1,91 @@
+"""Two gateway instances on one PostgreSQL and one Redis: limits hold across both together, a key revoked
+on one is refused by both within key_cache_seconds, and both write one ledger. (Skipped, saying why,
+where PostgreSQL or Redis cannot be started.)"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import PROVIDER_KEY, create_key, fresh_postgres
+from tests.test_e2e_ledger import ledger_rows
+
+BODY = {"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+@pytest.fixture(scope="module")
+def pair(fake: Any, pg_server: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.servers import run_gateway
+
+    env = {
+        "OPENAI_API_KEY": PROVIDER_KEY,
+        "OPENAI_BASE_URL": fake.url,
+        "ENGINE_DB": asyncio.run(fresh_postgres(pg_server)),
+        "ENGINE_REDIS": redis_server.url(3),
+    }
+    with (
+        run_gateway(tmp_path_factory.mktemp("a"), env, key_name="a") as a,
+        run_gateway(tmp_path_factory.mktemp("b"), env, key_name="b") as b,
+    ):
+        yield a, b
+
+
+def post(gateway: Any, key: str) -> httpx.Response:
+    return httpx.post(gateway.url + "/chat/completions", json=BODY, headers={"Authorization": f"Bearer {key}"})
+
+
+def test_a_rate_limit_holds_across_both_instances(pair: Any, upstream: Any) -> None:
+    key = create_key(pair[0].env["ENGINE_DB"], "shared-rpm", rpm=4)
+    statuses = [post(gw, key).status_code for gw in itertools.islice(itertools.cycle(pair), 8)]
+    assert statuses == [200, 200, 200, 200, 429, 429, 429, 429], "4 per minute for the key, not per instance"
+    assert len(upstream.requests()) == 4
+
+
+def test_concurrency_holds_across_both_instances(pair: Any, upstream: Any) -> None:
+    key = create_key(pair[0].env["ENGINE_DB"], "shared-conc", concurrent=3)
+    upstream.script(*[{"json": _completion(), "delay": 1.0}] * 10)
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda i: post(pair[i % 2], key), range(10)))
+    assert sorted(r.status_code for r in answers) == [200] * 3 + [429] * 7
+    assert {r.json()["error"]["code"] for r in answers if r.status_code == 429} == {"rate_limit_exceeded"}
+
+
+def test_a_budget_spent_on_one_instance_is_spent_on_the_other(pair: Any, upstream: Any) -> None:
+    a, b = pair
+    key = create_key(a.env["ENGINE_DB"], "shared-budget", daily_usd=0.0001)  # one answer costs 0.00008
+    first, second = post(a, key), post(b, key)
+    assert (first.status_code, second.status_code) == (200, 200)
+    deadline = time.monotonic() + 10
+    while (third := post(a, key)).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the spend is settled just after each answer
+    assert third.status_code == 429 and third.json()["error"]["code"] == "budget_exceeded"
+    rows = ledger_rows(a.env, [r.headers["x-request-id"] for r in (first, second)])
+    assert len(rows) == 2, "both instances write the one ledger"
+
+
+def test_a_key_revoked_on_one_instance_is_refused_by_both(pair: Any) -> None:
+    a, b = pair
+    key = create_key(a.env["ENGINE_DB"], "shared-revoked")
+    assert (post(a, key).status_code, post(b, key).status_code) == (200, 200)
+    revoked = b.engine("keys", "revoke", "shared-revoked")
+    assert revoked.returncode == 0, revoked.stderr
+    time.sleep(1.1)  # key_cache_seconds
+    assert (post(a, key).status_code, post(b, key).status_code) == (401, 401)
+
+
+def _completion() -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4.1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+    }
