@@ -7,7 +7,9 @@ OpenAI-shaped body; tracebacks go to the log, never to the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -15,11 +17,12 @@ from litestar import Litestar, Request, Response, route
 from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 
-from engine.errors import GatewayError
+from engine.errors import GatewayError, invalid_request
 from engine.gateway import Gateway
 from engine.operations import handler_for
 from engine.proxy import Timer
 from engine.spec.models import Route
+from engine.timeouts import CALLER, Caller
 
 log = logging.getLogger("engine.app")
 
@@ -29,10 +32,24 @@ def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
     needs_key = spec.auth == "gateway_key"
     limit = spec.max_body_mb or gw.specs.routes.gateway.max_body_mb
 
+    deadline_header = gw.specs.routes.gateway.deadline_header
+
     async def handle(request: Request[Any, Any, Any]) -> Response[Any]:
         timer = Timer(time.perf_counter())
         key = await gw.authenticate(request.headers.get("authorization")) if needs_key else None
-        return await operation(gw, request, key, timer)
+        caller = Caller(request.receive, _deadline(request, deadline_header))
+        token = CALLER.set(caller)
+        task = caller.task
+        try:
+            return await operation(gw, request, key, timer)
+        except asyncio.CancelledError:
+            if caller.gone and task is not None and task.uncancel() == 0:
+                log.info("client hung up on %s %s; upstream call cancelled", request.method, request.url.path)
+                return Response(b"", status_code=499)  # nobody reads it: the connection is gone
+            raise
+        finally:
+            caller.stop()
+            CALLER.reset(token)
 
     handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"
     return route(
@@ -42,6 +59,24 @@ def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
         status_code=200,
         request_max_body_size=limit * 1024 * 1024,
     )(handle)
+
+
+def _deadline(request: Request[Any, Any, Any], header: str | None) -> float | None:
+    """The client's deadline header (ms from now) as event-loop time, or None."""
+    if header is None:
+        return None
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not ms > 0 or math.isinf(ms):
+        raise invalid_request(
+            f"The `{header}` header must be a positive number of milliseconds; got {value[:40]!r}.", param=header
+        )
+    return asyncio.get_running_loop().time() + ms / 1000
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:

@@ -27,10 +27,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from engine.errors import Failure, GatewayError, Kind
 from engine.spec.models import DiagnosticHeaders, Fallback, Retry
+from engine.timeouts import CALLER
 
 log = logging.getLogger("engine.attempts")
 
@@ -125,6 +126,22 @@ def _seconds(value: str, unit: str) -> float | None:
     return number / 1000 if unit == "ms" else number
 
 
+def _time_left() -> float | None:
+    """Seconds until the caller's deadline (routes.toml `gateway.deadline_header`), if it set one."""
+    caller = CALLER.get()
+    if caller is None or caller.deadline is None:
+        return None
+    return caller.deadline - asyncio.get_running_loop().time()
+
+
+async def _pause(seconds: float) -> None:
+    """A backoff: the caller's disconnect is listened for meanwhile, so a client that leaves ends it."""
+    caller = CALLER.get()
+    if caller is not None:
+        caller.listen()
+    await asyncio.sleep(seconds)
+
+
 class Answer(Protocol):
     @property
     def headers(self) -> MutableMapping[str, Any]: ...
@@ -161,6 +178,7 @@ async def run(
     """
     trail = Trail()
     last: GatewayError | None = None
+    last_provider = ""
     providers = 0
     for provider, retry, prepare in candidates:
         if providers == policy.max_providers:
@@ -184,16 +202,25 @@ async def run(
                 if decision.step is Step.STOP:
                     trail.stamp(names, error.headers)
                     raise
-                last = error
-                if decision.step is Step.RETRY:
+                last, last_provider = error, provider
+                left = _time_left()
+                if left is not None and left <= 0:
+                    return _answer_with(trail, names, last, provider)  # the caller's deadline has passed
+                if decision.step is Step.RETRY and (left is None or decision.delay < left):
                     retries += 1
-                    await asyncio.sleep(decision.delay)
+                    await _pause(decision.delay)
                     continue
-                trail.failed.append(provider)
+                trail.failed.append(provider)  # retries used up, or no time left to wait for one
                 break
             trail.stamp(names, answer.headers)
             return answer
     assert last is not None  # a model always has a candidate, and the first one either answers or raises
-    trail.failed.pop()  # the last provider's own error is the answer: it did not fail "first"
-    trail.stamp(names, last.headers)
-    raise last
+    return _answer_with(trail, names, last, last_provider)
+
+
+def _answer_with(trail: Trail, names: DiagnosticHeaders, error: GatewayError, provider: str) -> NoReturn:
+    """Nothing more to try: `error` (the last failure, from `provider`) is the answer."""
+    if trail.failed and trail.failed[-1] == provider:
+        trail.failed.pop()  # its own failure is the answer: it did not fail "first"
+    trail.stamp(names, error.headers)
+    raise error

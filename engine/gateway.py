@@ -22,14 +22,23 @@ from engine.liveness import Prober
 from engine.lower import Context
 from engine.sanitize import Sanitizer
 from engine.spec.loader import Specs, load_specs
+from engine.spec.models import ProviderSpec
 from engine.storage import REPO_ROOT, Database, open_database, open_limiter
 from engine.storage.base import Periods
-from engine.transport import make_client
+from engine.timeouts import Pool
+from engine.transport import AiohttpTransport, make_client
 
 
 def default_specs_dir() -> Path:
     configured = os.environ.get("ENGINE_SPECS")
     return Path(configured) if configured else REPO_ROOT / "specs"
+
+
+def _pool(spec: ProviderSpec, transport: httpx.AsyncBaseTransport | None) -> Pool:
+    """A provider's own client and connection limit; a test's transport is shared by all of them."""
+    connections = spec.pool.connections
+    client = make_client(transport or AiohttpTransport(max_connections=connections))
+    return Pool(client, connections, spec.timeouts.pool)
 
 
 @dataclass
@@ -47,6 +56,7 @@ class Gateway:
     forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
     prober: Prober  # keeps local servers' liveness current
     attempts: Policy  # routes.fallback: what runs after a failed upstream attempt
+    pools: dict[str, Pool]  # each provider's own connections (`[pool]`, `timeouts.pool`)
 
     @classmethod
     def build(
@@ -82,6 +92,7 @@ class Gateway:
             authenticate=Authenticator(database, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
             prober=Prober(client, catalog),
             attempts=Policy(routes.fallback),
+            pools={p.id: _pool(p.spec, transport) for p in catalog.providers.values()},
         )
 
     async def startup(self) -> None:
@@ -103,4 +114,6 @@ class Gateway:
         await self.recorder.stop()
         await self.gatekeeper.close()
         await self.client.aclose()
+        for pool in self.pools.values():
+            await pool.client.aclose()
         await self.database.close()

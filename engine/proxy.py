@@ -28,6 +28,7 @@ from engine.gateway import Gateway
 from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
 from engine.shapes.base import Renderer, Sanitize
+from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of, watched
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
 from engine.wires.sse import iter_events
 
@@ -78,46 +79,77 @@ def _parsed_url(url: str) -> httpx.URL:
 
 
 @functools.lru_cache(maxsize=256)
-def _timeout(read: float, connect: float) -> dict[str, float | None]:
-    return httpx.Timeout(read, connect=connect).as_dict()
+def _timeout(connect: float) -> dict[str, float | None]:
+    """What the transport itself bounds: connecting. Every later phase is the attempt's `Watch`."""
+    return httpx.Timeout(None, connect=connect).as_dict()
 
 
 async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
     """The request exactly as lowered: no client-level default headers are merged in, so what
-    `engine lower` and the snapshots show is what the provider receives."""
-    timeouts = upstream.candidate.provider.spec.timeouts
+    `engine lower` and the snapshots show is what the provider receives. It waits for a slot in the
+    provider's own pool, then runs under a `Watch` that bounds each later phase; the answer's body is read
+    under that watch too, and closing the answer frees the slot. A failure is reported typed (`Failure`):
+    `engine.attempts` decides whether it is tried again."""
+    provider = upstream.candidate.provider
+    timeouts = provider.spec.timeouts
     kind = upstream.body_kind
     request = httpx.Request(
         upstream.method,
         _parsed_url(upstream.url),
         headers=upstream.headers,
         content=_encode(upstream.body) if kind == "json" else upstream.body.stream() if kind == "multipart" else None,
-        extensions={"timeout": _timeout(timeouts.read, timeouts.connect)},
+        extensions={"timeout": _timeout(timeouts.connect)},
     )
-    provider = upstream.candidate.provider.id
+    pool = gw.pools[provider.id]
     try:
-        return await gw.client.send(request, stream=True)
-    except (httpx.ConnectError, httpx.WriteError) as exc:
+        await pool.acquire(request)
+    except PhaseTimeout as exc:
+        raise _timed_out(upstream, exc.kind) from None
+    watch = Watch(timeouts, CALLER.get())
+    try:
+        response: httpx.Response = await watched(watch, pool.client.send(request, stream=True))
+    except BaseException as exc:
+        watch.stop()
+        pool.release()
+        if isinstance(exc, httpx.TransportError):
+            raise _send_failure(upstream, exc) from None
+        raise
+    response.stream = WatchedStream(response.stream, watch, pool.release)
+    return response
+
+
+def _send_failure(upstream: UpstreamRequest, exc: httpx.TransportError) -> GatewayError:
+    provider = upstream.candidate.provider.id
+    if isinstance(exc, httpx.ConnectError | httpx.WriteError):
         log.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
         message = f"The gateway could not reach the upstream provider `{provider}`. Retry shortly."
-        raise upstream_failure(502, message, "upstream_unreachable", Kind.REFUSED, sent=False) from None
-    except httpx.ConnectTimeout:
-        message = f"Connecting to the upstream provider `{provider}` timed out. Retry shortly."
-        raise upstream_failure(504, message, "upstream_connect_timeout", Kind.CONNECT_TIMEOUT, sent=False) from None
-    except httpx.PoolTimeout:
-        message = f"No connection to the upstream provider `{provider}` came free in time. Retry shortly."
-        raise upstream_failure(504, message, "upstream_pool_timeout", Kind.POOL_TIMEOUT, sent=False) from None
-    except httpx.TimeoutException:
-        raise _first_byte_timeout(provider) from None
-    except httpx.TransportError as exc:  # the request went out, then the connection failed
-        log.warning("upstream %s failed: %s", provider, type(exc).__name__)
-        message = f"The connection to the upstream provider `{provider}` failed. Retry shortly."
-        raise upstream_failure(502, message, "upstream_unreachable", Kind.DROPPED) from None
+        return upstream_failure(502, message, "upstream_unreachable", Kind.REFUSED, sent=False)
+    if isinstance(exc, httpx.TimeoutException):
+        return _timed_out(upstream, _phase_of(exc, Kind.FIRST_BYTE_TIMEOUT))
+    log.warning("upstream %s failed: %s", provider, type(exc).__name__)  # sent, then the connection failed
+    message = f"The connection to the upstream provider `{provider}` failed. Retry shortly."
+    return upstream_failure(502, message, "upstream_unreachable", Kind.DROPPED)
 
 
-def _first_byte_timeout(provider: str) -> GatewayError:
-    message = f"The upstream provider `{provider}` did not start answering in time. Retry, or try again later."
-    return upstream_failure(504, message, "upstream_first_byte_timeout", Kind.FIRST_BYTE_TIMEOUT)
+def _phase_of(exc: httpx.TimeoutException, default: Kind) -> Kind:
+    if isinstance(exc, PhaseTimeout):
+        return exc.kind
+    if isinstance(exc, httpx.ConnectTimeout):
+        return Kind.CONNECT_TIMEOUT
+    if isinstance(exc, httpx.PoolTimeout):
+        return Kind.POOL_TIMEOUT
+    return default  # the transport's own read timeout
+
+
+def _timed_out(upstream: UpstreamRequest, kind: Kind) -> GatewayError:
+    """The 504 of one expired phase, naming it and its limit."""
+    provider = upstream.candidate.provider
+    phase = PHASES[kind]
+    message = phase.message.format(provider=provider.id, seconds=seconds_of(provider.spec.timeouts, kind))
+    return upstream_failure(phase.status, message, phase.code, kind, sent=kind not in _BEFORE_SENDING)
+
+
+_BEFORE_SENDING = frozenset({Kind.POOL_TIMEOUT, Kind.CONNECT_TIMEOUT})
 
 
 async def proxy(gw: Gateway, upstream: UpstreamRequest, trip: Trip, timer: Timer, renderer: Renderer) -> Response[Any]:
@@ -143,7 +175,7 @@ async def _proxy(
     answer = upstream.answer
     if response.status_code >= 400 or (answer == "sse" and not _is_event_stream(response)):
         try:
-            raw = await _read(response)
+            raw = await _read(upstream, response)
         finally:
             timer.upstream += time.perf_counter() - began
         status = response.status_code if response.status_code >= 400 else 502
@@ -167,7 +199,7 @@ async def _proxy(
         return Stream(_relay_bytes(gw, upstream, trip, response), media_type=media_type, headers=headers)
 
     try:
-        raw = await _read(response)
+        raw = await _read(upstream, response)
     finally:
         timer.upstream += time.perf_counter() - began
     try:
@@ -260,9 +292,9 @@ async def _committed(
     except AnswerRefused as refused:
         await response.aclose()
         raise _upstream_error(gw, upstream, response, sanitize, None, refused.error) from None
-    except httpx.TimeoutException:
+    except httpx.TimeoutException as exc:
         await response.aclose()
-        raise _first_byte_timeout(upstream.candidate.provider.id) from None
+        raise _timed_out(upstream, _phase_of(exc, Kind.FIRST_BYTE_TIMEOUT)) from None
     except (StreamBroken, httpx.TransportError) as exc:
         await response.aclose()
         log.warning("stream from %s broke before its first item: %s", upstream.candidate.provider.id, exc)
@@ -290,12 +322,11 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
-async def _read(response: httpx.Response) -> bytes:
+async def _read(upstream: UpstreamRequest, response: httpx.Response) -> bytes:
     try:
         return await response.aread()
-    except httpx.TimeoutException:
-        message = "The upstream provider stopped answering mid-response."
-        raise upstream_failure(504, message, "upstream_idle_timeout", Kind.IDLE_TIMEOUT) from None
+    except httpx.TimeoutException as exc:
+        raise _timed_out(upstream, _phase_of(exc, Kind.IDLE_TIMEOUT)) from None
     except httpx.TransportError:
         message = "The upstream connection failed mid-response. Retry shortly."
         raise upstream_failure(502, message, "upstream_unreachable", Kind.DROPPED) from None
@@ -338,6 +369,10 @@ async def _relay(
             yield frame_bytes
     except AnswerRefused as refused:  # a refusal after content went out: one error event ends the stream
         yield renderer.broken(sanitize(None, refused.error))
+    except httpx.TimeoutException as exc:
+        outcome = "timeout"
+        log.warning("stream from %s timed out: %s", candidate.provider.id, exc)
+        yield renderer.broken(_timed_out(upstream, _phase_of(exc, Kind.IDLE_TIMEOUT)))
     except (StreamBroken, httpx.TransportError) as exc:
         outcome = "stream_broken"
         log.warning("stream from %s broke: %s", candidate.provider.id, exc)

@@ -164,6 +164,20 @@ def sse(events: list[Any], gap: float = 0.0, cut: bool = False) -> Step:
     return step
 
 
+def trickle(gap: float, pieces: int = 10_000) -> Step:
+    """A 200 JSON answer sent one byte every `gap` seconds (never idle for long, never done)."""
+
+    async def step(request: httpx.Request) -> httpx.Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(pieces):
+                yield b" "
+                await asyncio.sleep(gap)
+
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=body())
+
+    return step
+
+
 @dataclass
 class ScriptedUpstreams:
     """Every provider's upstream, told apart by host (`<provider>.test`); records what each received."""
@@ -252,6 +266,14 @@ class InProcess:
 
     def run(self, coro: Awaitable[Any]) -> Any:
         return self.loop.run_until_complete(coro)
+
+    def posts(self, *requests: dict[str, Any]) -> list[httpx.Response]:
+        """Several requests at once (`path` plus httpx's keyword arguments each)."""
+
+        async def all_of() -> list[httpx.Response]:
+            return await asyncio.gather(*(self._client.post(r.pop("path"), **r) for r in map(dict, requests)))
+
+        return self.run(all_of())  # type: ignore[no-any-return]
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.run(self._client.post(path, **kwargs))  # type: ignore[no-any-return]

@@ -65,6 +65,10 @@ class Fake:
     def aborted(self) -> int:
         return int(self.control.get("/_fake/stats").json()["aborted"])
 
+    def hung_up_at(self) -> list[float]:
+        """When (time.time()) the gateway closed each `hang`ed request's connection."""
+        return [float(t) for t in self.control.get("/_fake/stats").json()["hung_up_at"]]
+
     def reset(self) -> None:
         self.control.delete("/_fake/requests").raise_for_status()
 

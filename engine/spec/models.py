@@ -101,6 +101,12 @@ class Gateway(Strict):
         description="How long a verified gateway key is trusted without a database lookup (so also how long"
         " a revoked key may keep working); 0 checks the database on every request.",
     )
+    deadline_header: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+$",
+        description="Request header in which a client gives its own deadline, in milliseconds from now: it"
+        " bounds all upstream attempts together (retries and fallbacks included).",
+    )
 
 
 class LedgerPolicy(Strict):
@@ -358,8 +364,45 @@ class Liveness(Strict):
 
 
 class Timeouts(Strict):
-    connect: float = Field(default=10.0, gt=0)
-    read: float = Field(default=300.0, gt=0, description="Longest wait for the next bytes from upstream.")
+    """Each phase of one attempt on this provider, in seconds; each expiry is its own 504 naming the phase."""
+
+    connect: float = Field(default=10.0, gt=0, description="Opening a connection.")
+    pool: float = Field(
+        default=10.0, gt=0, description="Waiting for one of this provider's `[pool] connections` to come free."
+    )
+    read: float | None = Field(
+        default=None, gt=0, description="Shorthand: the default of both `first_byte` and `idle`."
+    )
+    first_byte: float | None = Field(
+        default=None,
+        gt=0,
+        description="From sending the request until the answer's first bytes (default `read`, else 300).",
+    )
+    idle: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest wait for more of an answer once it began, e.g. between stream chunks (default"
+        " `read`, else 300).",
+    )
+    total: float = Field(
+        default=1800.0,
+        gt=0,
+        description="The whole attempt, a relayed stream included: an upstream trickling bytes is cut here.",
+    )
+
+    @property
+    def first_byte_s(self) -> float:
+        return self.first_byte or self.read or 300.0
+
+    @property
+    def idle_s(self) -> float:
+        return self.idle or self.read or 300.0
+
+
+class ConnectionPool(Strict):
+    """This provider's own connections: a slow provider fills its own pool, never the others'."""
+
+    connections: int = Field(default=100, ge=1, description="Connections open to this provider at once, at most.")
 
 
 class Retry(Strict):
@@ -546,6 +589,7 @@ class ProviderSpec(Strict):
     auth: Auth
     liveness: Liveness = Liveness()
     timeouts: Timeouts = Timeouts()
+    pool: ConnectionPool = ConnectionPool()
     retry: Retry = Retry()
     headers: dict[str, str] = Field(default_factory=dict, description="Static headers sent upstream.")
     settings: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Setting] = Field(default_factory=dict)

@@ -9,9 +9,15 @@ Tests steer it through a control API under `/_fake/`:
 
 - `POST /_fake/script` queues the next answer(s): `{"status", "json", "sse": [event data...],
   "headers", "delay", "drop"}` (`drop` closes the connection without answering; `sse` items that are
-  objects are JSON-encoded, strings are sent as they are).
+  objects are JSON-encoded, strings are sent as they are). Failures on command, for resilience tests:
+  `"hang": S` holds the request S seconds without answering, watching for the gateway to hang up;
+  `"reset": true` resets the connection (TCP RST) after reading the request; `"trickle": S` sends the
+  `json` answer one byte every S seconds; `"die_after": N` (with `sse`) cuts the connection after N
+  events, with no clean end; `"event_delay"` spaces `sse` events.
 - `GET /_fake/requests` lists what was received (method, path, headers, body); `DELETE` clears it.
-- `GET /_fake/stats` counts streams the gateway closed before their end (`aborted`).
+- `GET /_fake/stats` counts streams the gateway closed before their end (`aborted`), and lists the
+  seconds after which the gateway hung up on each `hang`ed request (`hung_up`, with `hung_up_at` as
+  wall-clock times).
 
 Run it alone with `python -m tests.fakes.openai_fake --port 9100`.
 """
@@ -21,6 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
+import struct
+import time
 from collections import deque
 from typing import Any
 
@@ -359,6 +368,8 @@ class Fake:
         self.script: deque[dict[str, Any]] = deque()
         self.record = True
         self.aborted = 0  # streams the other side closed before the end
+        self.hung_up: list[float] = []  # seconds into a `hang` when the gateway closed the connection
+        self.hung_up_at: list[float] = []  # ... and when, as time.time()
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -386,23 +397,66 @@ class Fake:
     async def _scripted(self, request: web.Request, step: dict[str, Any]) -> web.StreamResponse:
         if step.get("delay"):
             await asyncio.sleep(step["delay"])
+        transport = request.transport
+        assert transport is not None
+        if step.get("hang"):
+            return await self._hang(transport, step["hang"])
+        if step.get("reset"):
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+            return web.Response()
         if step.get("drop"):
-            assert request.transport is not None
-            request.transport.close()
+            transport.close()
             return web.Response()
         headers = step.get("headers") or {}
         if "sse" in step:
             events = [e if isinstance(e, str) else json.dumps(e) for e in step["sse"]]
-            return await self._stream(request, events, headers, step.get("event_delay", 0))
+            return await self._stream(request, events, headers, step.get("event_delay", 0), step.get("die_after"))
+        if step.get("trickle"):
+            return await self._trickle(request, json.dumps(step.get("json", {})).encode(), step["trickle"])
         return web.json_response(step.get("json", {}), status=step.get("status", 200), headers=headers)
 
+    async def _hang(self, transport: asyncio.BaseTransport, seconds: float) -> web.StreamResponse:
+        """Answer nothing for `seconds`, noting when (if) the gateway closes the connection meanwhile."""
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            if transport.is_closing():
+                self.hung_up.append(time.monotonic() - began)
+                self.hung_up_at.append(time.time())
+                break
+            await asyncio.sleep(0.01)
+        return web.Response(status=504)
+
+    async def _trickle(self, request: web.Request, body: bytes, every: float) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        await response.prepare(request)
+        try:
+            for i in range(len(body)):
+                await response.write(body[i : i + 1])
+                await asyncio.sleep(every)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):  # reset, or "Connection lost" in a drain
+            self.aborted += 1
+            raise
+        return response
+
     async def _stream(
-        self, request: web.Request, events: list[str], headers: dict[str, str] | None = None, event_delay: float = 0
+        self,
+        request: web.Request,
+        events: list[str],
+        headers: dict[str, str] | None = None,
+        event_delay: float = 0,
+        die_after: int | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream", **(headers or {})})
         await response.prepare(request)
         try:
-            for data in events:
+            for n, data in enumerate(events):
+                if n == die_after:
+                    assert request.transport is not None
+                    request.transport.abort()  # no terminal event, no clean end of the body
+                    return response
                 if data.startswith(("event:", ":")):
                     await response.write(data.encode() + b"\n\n")  # a pre-framed named event or a comment
                 else:
@@ -410,7 +464,7 @@ class Fake:
                 if event_delay:
                     await asyncio.sleep(event_delay)
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):  # reset, or "Connection lost" in a drain
             self.aborted += 1  # the gateway hung up: what a client disconnect must cause
             raise
         return response
@@ -424,7 +478,7 @@ class Fake:
         return web.json_response(self.requests)
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"aborted": self.aborted})
+        return web.json_response({"aborted": self.aborted, "hung_up": self.hung_up, "hung_up_at": self.hung_up_at})
 
     async def clear(self, request: web.Request) -> web.Response:
         self.requests.clear()

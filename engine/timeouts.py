@@ -1,0 +1,327 @@
+"""Timeouts: each phase of one upstream attempt bounded, a slot in the provider's own pool, and the caller.
+
+A provider's `[timeouts]` bound five phases, each failing with its own error (`PHASES`):
+
+- `pool`: waiting for one of the provider's `[pool] connections` to come free (`Pool.acquire`);
+- `connect`: opening the connection (the transport's own, passed through);
+- `first_byte`: from sending until the answer's first body bytes;
+- `idle`: every later wait for more of the answer (so a stalled stream is cut, a slow reader is not);
+- `total`: the attempt as a whole, the relayed stream included, so an upstream trickling a byte a second
+  cannot hold a request open.
+
+The client's own deadline (a routes.toml header) bounds all attempts together, as `Caller.deadline`.
+
+One `Watch` per attempt enforces them with a single timer that is re-armed only when it fires early:
+reading a chunk costs two attribute writes and a clock read, not a timer per chunk (`asyncio.timeout`
+per chunk cost ~5x a request's whole budget here). When a phase expires while the attempt waits on the
+upstream, the watch cancels that wait, and the wait raises `PhaseTimeout` (an `httpx.TimeoutException`
+carrying the phase) instead of `CancelledError`; any other cancellation passes through untouched.
+
+The watch also notices a slow request (`SLOW` seconds in flight) and asks the `Caller` to start listening
+for the client's disconnect: a client that hangs up then cancels the request, and with it the upstream
+call, within a second, while fast requests never pay for a listener task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from engine.errors import Kind
+from engine.spec.models import Timeouts
+
+SLOW = 0.5  # seconds in flight after which the caller's disconnect is listened for
+# An upstream faster than the gateway never makes a read wait, and a send to a client that has left returns
+# at once: such a relay would never give the event loop back, so neither the client's disconnect (which ends
+# it) nor other requests would get a turn until the upstream finished. Every this many chunks it yields.
+YIELD_EVERY = 16
+
+
+@dataclass(frozen=True)
+class Phase:
+    status: int
+    code: str
+    message: str  # formatted with `provider` and `seconds`
+
+
+PHASES = {
+    Kind.POOL_TIMEOUT: Phase(
+        504,
+        "upstream_pool_timeout",
+        "No connection to the upstream provider `{provider}` came free within {seconds:g} s. Retry shortly.",
+    ),
+    Kind.CONNECT_TIMEOUT: Phase(
+        504,
+        "upstream_connect_timeout",
+        "Connecting to the upstream provider `{provider}` took longer than {seconds:g} s. Retry shortly.",
+    ),
+    Kind.FIRST_BYTE_TIMEOUT: Phase(
+        504,
+        "upstream_first_byte_timeout",
+        "The upstream provider `{provider}` did not start answering within {seconds:g} s. Retry, or try later.",
+    ),
+    Kind.IDLE_TIMEOUT: Phase(
+        504,
+        "upstream_idle_timeout",
+        "The upstream provider `{provider}` stopped sending for more than {seconds:g} s mid-answer.",
+    ),
+    Kind.TOTAL_TIMEOUT: Phase(
+        504,
+        "upstream_total_timeout",
+        "The upstream provider `{provider}` did not finish its answer within {seconds:g} s.",
+    ),
+    Kind.DEADLINE: Phase(
+        504,
+        "deadline_exceeded",
+        "The request's deadline passed before the upstream provider `{provider}` answered.",
+    ),
+}
+
+
+def seconds_of(timeouts: Timeouts, kind: Kind) -> float:
+    """The configured limit a phase error reports."""
+    return {
+        Kind.POOL_TIMEOUT: timeouts.pool,
+        Kind.CONNECT_TIMEOUT: timeouts.connect,
+        Kind.FIRST_BYTE_TIMEOUT: timeouts.first_byte_s,
+        Kind.IDLE_TIMEOUT: timeouts.idle_s,
+        Kind.TOTAL_TIMEOUT: timeouts.total,
+    }.get(kind, 0.0)
+
+
+class PhaseTimeout(httpx.TimeoutException):
+    def __init__(self, kind: Kind, request: httpx.Request | None = None) -> None:
+        super().__init__(kind.value, request=request)
+        self.kind = kind
+
+
+# ------------------------------------------------------------------------------------------ the caller
+
+Receive = Callable[[], Awaitable[Any]]
+
+
+class Caller:
+    """The client side of one request: its deadline (loop time) and how to notice it hung up.
+
+    Set per request by the route handler (`CALLER`); the attempt machinery reads it from there, so no
+    operation's signature has to carry it."""
+
+    __slots__ = ("_listener", "deadline", "gone", "receive", "task")
+
+    def __init__(self, receive: Receive | None, deadline: float | None = None) -> None:
+        self.receive = receive
+        self.deadline = deadline
+        self.task: asyncio.Task[Any] | None = asyncio.current_task()
+        self.gone = False
+        self._listener: asyncio.Task[None] | None = None
+
+    def listen(self) -> None:
+        """Start listening for the client's disconnect (once); it cancels the request's task."""
+        if self._listener is None and self.receive is not None and self.task is not None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen(self.receive, self.task))
+
+    async def _listen(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                self.gone = True
+                if not task.done():
+                    task.cancel()
+                return
+
+    def stop(self) -> None:
+        """The handler is done (a stream it returned is Litestar's to watch): listen no more, and never again."""
+        self.task = None
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+
+CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("engine_caller", default=None)
+
+
+# -------------------------------------------------------------------------------------------- the pool
+
+
+class Pool:
+    """A provider's own share of upstream connections: one slow provider cannot starve the others."""
+
+    def __init__(self, client: httpx.AsyncClient, connections: int, wait: float) -> None:
+        self.client = client
+        self.size = connections
+        self.wait = wait
+        self._slots = asyncio.Semaphore(connections)
+
+    @property
+    def in_use(self) -> int:
+        return self.size - self._slots._value
+
+    async def acquire(self, request: httpx.Request) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            return
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PhaseTimeout(Kind.POOL_TIMEOUT, request) from None
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+# ------------------------------------------------------------------------------------------- the watch
+
+
+class Watch:
+    """Bounds one attempt's first byte, idle gaps, total time and the caller's deadline with one timer."""
+
+    __slots__ = (
+        "_caller",
+        "_first_by",
+        "_handle",
+        "_idle",
+        "_loop",
+        "_slow_at",
+        "_total_by",
+        "_waiting",
+        "_waiting_since",
+        "cut",
+        "fired",
+        "started",
+    )
+
+    def __init__(self, timeouts: Timeouts, caller: Caller | None) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._caller = caller
+        self._idle = timeouts.idle_s
+        self._first_by = now + timeouts.first_byte_s
+        total_by = now + timeouts.total
+        deadline = caller.deadline if caller is not None else None
+        self._total_by = (total_by, Kind.TOTAL_TIMEOUT)
+        if deadline is not None and deadline < total_by:
+            self._total_by = (deadline, Kind.DEADLINE)
+        self._slow_at = now + SLOW if caller is not None and caller.receive is not None else math.inf
+        self.started = False  # the first body bytes arrived
+        self.fired: Kind | None = None
+        self.cut: asyncio.Task[Any] | None = None  # the task this watch cancelled, until it reports
+        self._waiting: asyncio.Task[Any] | None = None
+        self._waiting_since = now
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self._next(now), self._check)
+
+    def _due(self) -> tuple[float, Kind]:
+        if not self.started:
+            due = (self._first_by, Kind.FIRST_BYTE_TIMEOUT)
+        elif self._waiting is not None:
+            due = (self._waiting_since + self._idle, Kind.IDLE_TIMEOUT)
+        else:
+            due = (math.inf, Kind.IDLE_TIMEOUT)
+        return min(due, self._total_by)
+
+    def _next(self, now: float) -> float:
+        return min(self._due()[0], self._slow_at)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if now >= self._slow_at:
+            self._slow_at = math.inf
+            assert self._caller is not None
+            self._caller.listen()
+        when, kind = self._due()
+        if now >= when:
+            self.fired = kind
+            self._handle = None
+            if self._waiting is not None:
+                self.cut = self._waiting
+                self._waiting.cancel()
+            return
+        self._handle = self._loop.call_at(self._next(now), self._check)
+
+    def begin(self) -> None:
+        """About to wait on the upstream."""
+        if self.fired is not None:
+            raise PhaseTimeout(self.fired)
+        self._waiting = asyncio.current_task()
+        self._waiting_since = self._loop.time()
+
+    def end(self, got_bytes: bool) -> None:
+        self._waiting = None
+        if got_bytes:
+            self.started = True
+
+    def timed_out(self) -> PhaseTimeout | None:
+        """In an `except CancelledError`: the timeout this watch's own cancel stands for, or None when the
+        cancellation came from elsewhere (and must propagate)."""
+        task = self.cut
+        if task is None or self.fired is None:
+            return None
+        self.cut = None
+        return PhaseTimeout(self.fired) if task.uncancel() == 0 else None
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+async def watched(watch: Watch, step: Awaitable[Any]) -> Any:
+    """Await one wait on the upstream under `watch` (sending, up to the response headers)."""
+    watch.begin()
+    try:
+        return await step
+    except asyncio.CancelledError:
+        timeout = watch.timed_out()
+        if timeout is None:
+            raise
+        raise timeout from None
+    finally:
+        watch.end(False)
+
+
+class WatchedStream(httpx.AsyncByteStream):
+    """An upstream body read under its attempt's `Watch`; closing it stops the watch and frees the slot."""
+
+    def __init__(self, inner: Any, watch: Watch, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._watch = watch
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        watch = self._watch
+        chunks = self._inner.__aiter__()
+        count = 0
+        while True:
+            count += 1
+            if not count % YIELD_EVERY:
+                await asyncio.sleep(0)  # see YIELD_EVERY
+            watch.begin()
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                watch.end(True)
+                return
+            except asyncio.CancelledError:
+                watch.end(False)
+                timeout = watch.timed_out()
+                if timeout is None:
+                    raise
+                raise timeout from None
+            except BaseException:
+                watch.end(False)
+                raise
+            watch.end(True)
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._watch.stop()
+        if self._release is not None:
+            self._release()
+            self._release = None
+        await self._inner.aclose()
