@@ -215,3 +215,21 @@ async def limiter(request: pytest.FixtureRequest) -> Any:
         yield limiter
     finally:
         await limiter.close()
+
+
+# ------------------------------------------------------------------ in process: tests/inprocess.py
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One in-process gateway (shipped specs + tests/fixtures/providers) per test module."""
+    from tests.inprocess import InProcess
+
+    with InProcess(tmp_path_factory.mktemp("inprocess")) as running:
+        yield running
+
+
+@pytest.fixture
+def gw(shipped: Any) -> Any:
+    """The module's in-process gateway, its upstream scripts and request log cleared for this test."""
+    return shipped.reset()

@@ -8,7 +8,6 @@ backoff 0.25 s at most before the first retry), and routes.toml tries two provid
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,6 @@ from tests.inprocess import InProcess, chunk, fail, gaps, refuse, sse, status
 CHAT = "/external/v1/chat/completions"
 BODY = {"model": "openai/gpt-5.5", "messages": [{"role": "user", "content": "Say hello."}]}
 ONE_PROVIDER = BODY | {"model": "openai/gpt-4.1"}
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    with InProcess(tmp_path_factory.mktemp("inprocess")) as running:
-        yield running
-
-
-@pytest.fixture
-def gw(shipped: InProcess) -> InProcess:
-    return shipped.reset()
 
 
 def with_retries(tmp_path: Path, provider: str, table: str, routes: str = "") -> InProcess:

@@ -7,7 +7,7 @@ pool of 100 connections; `openai/gpt-4.1` has no other provider.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,6 @@ CHAT = "/external/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Say hello."}]
 ONE_PROVIDER = {"model": "openai/gpt-4.1", "messages": HELLO}
 TWO_PROVIDERS = {"model": "openai/gpt-5.5", "messages": HELLO}
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    with InProcess(tmp_path_factory.mktemp("inprocess")) as running:
-        yield running
-
-
-@pytest.fixture
-def gw(shipped: InProcess) -> InProcess:
-    return shipped.reset()
 
 
 def openai_with(tables: str) -> dict[str, Callable[[str], str]]:
