@@ -82,13 +82,13 @@ def median_us(work: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def build(workdir: Path) -> tuple[Gateway, Any, str]:
+def build(workdir: Path) -> tuple[Gateway, Any]:
     os.environ.update({"OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": "http://upstream.invalid/v1"})
     transport = httpx.MockTransport(
         lambda request: httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
     )
-    gw = Gateway.build(REPO / "specs", workdir / "engine.sqlite3", transport)
-    return gw, build_app(gw), gw.store.create_key("bench", gw.specs.routes.gateway.key_prefix)
+    gw = Gateway.build(REPO / "specs", str(workdir / "engine.sqlite3"), transport)
+    return gw, build_app(gw)
 
 
 class Asgi:
@@ -160,10 +160,11 @@ def main() -> int:
     parser.add_argument("--profile", metavar="BODY", help="cProfile whole requests with this body instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="engine-inprocess-") as workdir:
-        gw, app, key = build(Path(workdir))
-        client = Asgi(app, key)
+        gw, app = build(Path(workdir))
         loop = asyncio.new_event_loop()
         loop.run_until_complete(app.on_startup[0]() if app.on_startup else asyncio.sleep(0))
+        key = loop.run_until_complete(gw.database.create_key("bench", gw.specs.routes.gateway.key_prefix))
+        client = Asgi(app, key)
         try:
             if args.profile:
                 raw = request_body(load_body(args.profile), PUBLIC_MODEL)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import logging
+import operator
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.ledger")
 
+# Request ids: random per process, then a counter; unique across instances without a random draw per request.
+_INSTANCE = secrets.token_hex(8)
+_SEQUENCE = itertools.count()
 _ROLL_UP_EVERY = 3600.0  # seconds between roll-up passes; the first runs at start-up
 _MAX_PENDING = 1_000_000  # rows kept in memory while the database is unreachable, before dropping the oldest
 
@@ -52,7 +57,7 @@ def cost_of(usage: Usage, price: Price | None) -> float:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class Trip:
     """One proxied request on its way through the gateway: what its ledger row will say."""
 
@@ -72,7 +77,18 @@ class Trip:
 
     @classmethod
     def begin(cls, key_id: str, operation: str, started: float) -> Trip:
-        return cls(key_id, operation, f"req_{uuid.uuid4().hex}", time.time(), started)
+        return cls(key_id, operation, f"req_{_INSTANCE}{next(_SEQUENCE):08x}", time.time(), started)
+
+
+_NO_USAGE = Usage()
+
+
+_unit_values = operator.attrgetter(*UNIT_FIELDS)
+
+
+def _units(usage: Usage) -> dict[str, float]:
+    values = _unit_values(usage)
+    return {name: value for name, value in zip(UNIT_FIELDS, values, strict=True) if value} if any(values) else {}
 
 
 def receipt_of(row: UsageRow) -> dict[str, Any]:
@@ -122,26 +138,27 @@ class Recorder:
             usage = Usage(prompt_tokens=trip.prompt_estimate, completion_tokens=trip.chunks)
         if trip.stream_error and outcome == "ok":
             outcome = "error"
-        usage = usage or Usage()
+        if usage is None:
+            usage = _NO_USAGE
         return UsageRow(
-            ts=trip.ts,
-            request_id=trip.request_id,
-            key_id=trip.key_id,
-            public_model=candidate.public_id,
-            provider=candidate.provider.id,
-            upstream_model=candidate.row.upstream,
-            operation=trip.operation,
-            status=status,
-            outcome=outcome,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            cached_tokens=usage.cached_tokens,
-            units={name: value for name in UNIT_FIELDS if (value := getattr(usage, name))},
-            cost_usd=cost_of(usage, candidate.row.price),
-            latency_ms=round((time.perf_counter() - trip.started) * 1000, 3),
-            attempts=max(trip.attempts, 1),
-            estimated=estimated,
+            trip.ts,
+            trip.request_id,
+            trip.key_id,
+            candidate.public_id,
+            candidate.provider.id,
+            candidate.row.upstream,
+            trip.operation,
+            status,
+            outcome,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.reasoning_tokens,
+            usage.cached_tokens,
+            _units(usage),
+            cost_of(usage, candidate.row.price),
+            round((time.perf_counter() - trip.started) * 1000, 3),
+            trip.attempts or 1,
+            estimated,
         )
 
     def add(self, row: UsageRow) -> None:

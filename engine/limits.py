@@ -80,20 +80,26 @@ class Gatekeeper:
     def __init__(self, spec: LimitsSpec, limiter: Limiter) -> None:
         self.spec = spec
         self.limiter = limiter
-        self._memo: dict[tuple[str | None, tuple[tuple[str, float], ...]], KeyLimits] = {}
+        self._memo: dict[int, tuple[KeyRecord, KeyLimits | None]] = {}  # by the (cached) record's id
         self._settling: set[asyncio.Task[None]] = set()
 
-    def limits_of(self, key: KeyRecord) -> KeyLimits:
-        memo_key = (key.tier, tuple(sorted(key.limits.items())))
-        limits = self._memo.get(memo_key)
-        if limits is None:
-            limits = self._memo[memo_key] = layered(self.spec, key.tier, dict(key.limits))
+    def limits_of(self, key: KeyRecord) -> KeyLimits | None:
+        """The key's layered limits. Records are cached by auth for key_cache_seconds, so this is computed
+        about once per key and second; a changed record (keys update) is a new object. None: no limits."""
+        found = self._memo.get(id(key))
+        if found is not None and found[0] is key:
+            return found[1]
+        if len(self._memo) > 10_000:
+            self._memo.clear()
+        layers = layered(self.spec, key.tier, dict(key.limits))
+        limits = layers if layers.any() else None
+        self._memo[id(key)] = (key, limits)
         return limits
 
     async def admit(self, key: KeyRecord, estimate: int) -> Callable[[UsageRow | None], None] | None:
         """Admit a request of `key` or raise the 429; returns the release to call once it is done."""
         limits = self.limits_of(key)
-        if not limits:
+        if limits is None:
             return None
         try:
             admission = await self.limiter.admit(key.id, limits, estimate)

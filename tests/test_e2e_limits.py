@@ -46,7 +46,7 @@ def test_over_the_rate_a_key_gets_429_naming_the_limit_until_updated(gateway: An
 
 def test_concurrent_requests_beyond_the_limit_are_refused_never_queued(gateway: Any, upstream: Any) -> None:
     key = new_key(gateway, "conc-2", concurrent=2)
-    slow = {"json": _completion(), "delay": 1.0}
+    slow = {"json": _completion(), "delay": 3.0}  # long enough that all 8 arrive while 2 are held, under load
     upstream.script(*[slow] * 8)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = sorted(r.status_code for r in pool.map(lambda _: post(gateway, key), range(8)))

@@ -50,7 +50,7 @@ def test_a_rate_limit_holds_across_both_instances(pair: Any, upstream: Any) -> N
 
 def test_concurrency_holds_across_both_instances(pair: Any, upstream: Any) -> None:
     key = create_key(pair[0].env["ENGINE_DB"], "shared-conc", concurrent=3)
-    upstream.script(*[{"json": _completion(), "delay": 1.0}] * 10)
+    upstream.script(*[{"json": _completion(), "delay": 3.0}] * 10)  # all 10 arrive while 3 are held
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda i: post(pair[i % 2], key), range(10)))
     assert sorted(r.status_code for r in answers) == [200] * 3 + [429] * 7

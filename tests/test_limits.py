@@ -81,7 +81,7 @@ def test_limits_layer_defaults_then_tier_then_the_key() -> None:
     assert layered(spec, None, {}) == KeyLimits(rpm=10, concurrent=8, daily_usd=1.0), "default_tier applies"
     assert layered(spec, "pro", {}) == KeyLimits(rpm=1000, concurrent=8)
     assert layered(spec, "pro", {"concurrent": 2, "tpm": 500.0}) == KeyLimits(rpm=1000, tpm=500, concurrent=2)
-    assert not layered(Limits(), None, {}), "no limits configured: nothing to check"
+    assert not layered(Limits(), None, {}).any(), "no limits configured: nothing to check"
 
 
 def test_refusals_are_openai_shaped_429s_naming_the_limit() -> None:

@@ -32,9 +32,9 @@ __all__ = [
 ]
 
 
-def database_url(configured: str | None = None) -> str:
+def database_url(configured: str | os.PathLike[str] | None = None) -> str:
     """The database URL: the argument, else `ENGINE_DB`, else the embedded file. Plain paths are SQLite."""
-    value = configured or os.environ.get("ENGINE_DB") or str(DEFAULT_DB)
+    value = str(configured or os.environ.get("ENGINE_DB") or DEFAULT_DB)
     return value if "://" in value else f"sqlite:///{value}"
 
 
@@ -42,7 +42,7 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///")).expanduser()
 
 
-def open_database(url: str | None = None) -> Database:
+def open_database(url: str | os.PathLike[str] | None = None) -> Database:
     """The database for `url` (see `database_url`), not yet connected: `await db.open()` connects and migrates."""
     url = database_url(url)
     scheme = url.partition("://")[0].lower()

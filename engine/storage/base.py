@@ -47,7 +47,7 @@ class StoreError(Exception):
     """A key operation that cannot be done (duplicate name, unknown name)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UsageRow:
     """One proxied request, as the ledger keeps it. Tokens are OpenAI's (reasoning inside completion);
     `units` holds what an operation counts instead of tokens (images, seconds, characters)."""
@@ -73,7 +73,7 @@ class UsageRow:
 
     @property
     def day(self) -> str:
-        return time.strftime("%Y-%m-%d", time.gmtime(self.ts))
+        return day_of(self.ts)
 
 
 # The grouping of a daily aggregate, then its sums.
@@ -188,7 +188,7 @@ class KeyLimits:
     daily_usd: float | None = None
     monthly_usd: float | None = None
 
-    def __bool__(self) -> bool:
+    def any(self) -> bool:
         return any(v is not None for v in (self.rpm, self.tpm, self.concurrent, self.daily_usd, self.monthly_usd))
 
 
@@ -199,10 +199,13 @@ class Refusal:
     retry_after: float  # seconds until a request would be admitted (for a budget: until the period rolls over)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Admission:
     refusal: Refusal | None = None
     slot: str | None = None  # the concurrency slot held, handed back to `settle`
+
+
+ADMITTED = Admission()
 
 
 @dataclass(frozen=True)
@@ -214,12 +217,31 @@ class Periods:
     day_ends: float
     month_ends: float
 
+    starts: float = 0.0  # when the day began
+
     @classmethod
     def at(cls, now: float) -> Periods:
+        """The periods `now` falls in; computed once a day (every admission asks)."""
+        current = _periods[0]
+        if current.starts <= now < current.day_ends:
+            return current
         today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
         tomorrow = today + datetime.timedelta(days=1)
         next_month = (today.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
-        return cls(today.isoformat(), today.isoformat()[:7], _midnight(tomorrow), _midnight(next_month))
+        found = cls(
+            today.isoformat(), today.isoformat()[:7], _midnight(tomorrow), _midnight(next_month), _midnight(today)
+        )
+        _periods[0] = found
+        return found
+
+
+_periods = [Periods("", "", 0.0, 0.0, 0.0)]
+
+
+def day_of(ts: float) -> str:
+    """The UTC day of a timestamp as YYYY-MM-DD (the ledger asks once per row)."""
+    periods = Periods.at(ts) if _periods[0].starts <= ts < _periods[0].day_ends else None
+    return periods.day if periods is not None else time.strftime("%Y-%m-%d", time.gmtime(ts))
 
 
 def _midnight(day: datetime.date) -> float:

@@ -2,97 +2,101 @@
 
 With several worker processes or instances, each counts alone (so the limits hold per process); set
 `ENGINE_REDIS` to share the counters. Everything here runs on the event loop without awaiting, so one
-admission is atomic with respect to every other request of the process.
+admission is atomic with respect to every other request of the process. It is on every request's path:
+one dict lookup finds all of a key's state.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Mapping
 
-from engine.storage.base import Admission, KeyLimits, Periods, Refusal
+from engine.storage.base import ADMITTED, Admission, KeyLimits, Periods, Refusal
+
+_SLOT = Admission(slot="held")  # in-process slots are a count: any admission holding one looks alike
 
 
-class Bucket:
-    """A token bucket of `capacity`, refilled continuously over a minute. It may go into debt (tokens
-    counted after the fact); while it is at or below zero nothing is admitted."""
+class KeyState:
+    """One key's counters. Buckets hold what is left of a minute's allowance, refilled continuously; the
+    token bucket may go into debt (tokens counted after the fact), and admits nothing until it is out."""
 
-    __slots__ = ("level", "stamp")
+    __slots__ = ("day", "day_usd", "in_flight", "month", "month_usd", "requests", "stamp", "tokens")
 
-    def __init__(self, capacity: float, now: float) -> None:
-        self.level = capacity
+    def __init__(self, limits: KeyLimits, now: float) -> None:
+        self.requests = float(limits.rpm or 0)
+        self.tokens = float(limits.tpm or 0)
         self.stamp = now
+        self.in_flight = 0
+        self.day = self.month = ""
+        self.day_usd = self.month_usd = 0.0
 
-    def refill(self, capacity: float, now: float) -> float:
-        self.level = min(capacity, self.level + (now - self.stamp) * capacity / 60.0)
+    def refill(self, limits: KeyLimits, now: float) -> None:
+        elapsed = now - self.stamp
         self.stamp = now
-        return self.level
+        if limits.rpm:
+            self.requests = min(limits.rpm, self.requests + elapsed * limits.rpm / 60.0)
+        if limits.tpm:
+            self.tokens = min(limits.tpm, self.tokens + elapsed * limits.tpm / 60.0)
+
+    def spend(self, periods: Periods) -> tuple[float, float]:
+        if self.day != periods.day:
+            self.day, self.day_usd = periods.day, 0.0
+        if self.month != periods.month:
+            self.month, self.month_usd = periods.month, 0.0
+        return self.day_usd, self.month_usd
 
 
 class MemoryLimiter:
     def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], Bucket] = {}
-        self._in_flight: dict[str, int] = {}
-        self._spend: dict[tuple[str, str], float] = {}
-        self._slots = itertools.count()
+        self._keys: dict[str, KeyState] = {}
 
-    def _bucket(self, key_id: str, name: str, capacity: float, now: float) -> Bucket:
-        bucket = self._buckets.get((key_id, name))
-        if bucket is None:
-            bucket = self._buckets[(key_id, name)] = Bucket(capacity, now)
-        bucket.refill(capacity, now)
-        return bucket
+    def _state(self, key_id: str, limits: KeyLimits, now: float) -> KeyState:
+        state = self._keys.get(key_id)
+        if state is None:
+            state = self._keys[key_id] = KeyState(limits, now)
+        else:
+            state.refill(limits, now)
+        return state
 
     async def admit(self, key_id: str, limits: KeyLimits, tokens: int) -> Admission:
-        refusal = self.check(key_id, limits, time.monotonic(), time.time())
-        if refusal is not None:
-            return Admission(refusal)
-        if limits.rpm:
-            self._buckets[(key_id, "rpm")].level -= 1
-        if limits.tpm:
-            self._buckets[(key_id, "tpm")].level -= tokens
-        slot = None
+        state = self._state(key_id, limits, time.monotonic())
+        if limits.daily_usd or limits.monthly_usd:
+            now = time.time()
+            periods = Periods.at(now)
+            day_usd, month_usd = state.spend(periods)
+            if limits.daily_usd and day_usd >= limits.daily_usd:
+                return Admission(Refusal("daily_usd", limits.daily_usd, periods.day_ends - now))
+            if limits.monthly_usd and month_usd >= limits.monthly_usd:
+                return Admission(Refusal("monthly_usd", limits.monthly_usd, periods.month_ends - now))
+        if limits.concurrent and state.in_flight >= limits.concurrent:
+            return Admission(Refusal("concurrent", limits.concurrent, 1.0))
+        if limits.rpm and state.requests < 1:
+            return Admission(Refusal("rpm", limits.rpm, (1 - state.requests) * 60.0 / limits.rpm))
+        if limits.tpm and state.tokens <= 0:
+            return Admission(Refusal("tpm", limits.tpm, (1 - state.tokens) * 60.0 / limits.tpm))
+        state.requests -= 1
+        state.tokens -= tokens
         if limits.concurrent:
-            self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
-            slot = str(next(self._slots))
-        return Admission(slot=slot)
-
-    def check(self, key_id: str, limits: KeyLimits, mono: float, now: float) -> Refusal | None:
-        periods = Periods.at(now) if limits.daily_usd or limits.monthly_usd else None
-        if periods is not None:
-            for name, budget, period, ends in (
-                ("daily_usd", limits.daily_usd, periods.day, periods.day_ends),
-                ("monthly_usd", limits.monthly_usd, periods.month, periods.month_ends),
-            ):
-                if budget and self._spend.get((key_id, period), 0.0) >= budget:
-                    return Refusal(name, budget, ends - now)
-        if limits.concurrent and self._in_flight.get(key_id, 0) >= limits.concurrent:
-            return Refusal("concurrent", limits.concurrent, 1.0)
-        if limits.rpm:
-            level = self._bucket(key_id, "rpm", limits.rpm, mono).level
-            if level < 1:
-                return Refusal("rpm", limits.rpm, (1 - level) * 60.0 / limits.rpm)
-        if limits.tpm:
-            level = self._bucket(key_id, "tpm", limits.tpm, mono).level
-            if level <= 0:
-                return Refusal("tpm", limits.tpm, (1 - level) * 60.0 / limits.tpm)
-        return None
+            state.in_flight += 1
+            return _SLOT
+        return ADMITTED
 
     def settle(self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float) -> None:
+        state = self._state(key_id, limits, time.monotonic())
         if admission.slot is not None:
-            self._in_flight[key_id] = max(0, self._in_flight.get(key_id, 0) - 1)
-        if limits.tpm and tokens:
-            self._bucket(key_id, "tpm", limits.tpm, time.monotonic()).level -= tokens
+            state.in_flight = max(0, state.in_flight - 1)
+        state.tokens -= tokens
         if cost_usd:
-            periods = Periods.at(time.time())
-            for period in (periods.day, periods.month):
-                self._spend[(key_id, period)] = self._spend.get((key_id, period), 0.0) + cost_usd
+            state.spend(Periods.at(time.time()))
+            state.day_usd += cost_usd
+            state.month_usd += cost_usd
 
     async def seed_spend(self, periods: Periods, day: Mapping[str, float], month: Mapping[str, float]) -> None:
-        for period, spend in ((periods.day, day), (periods.month, month)):
-            for key_id, usd in spend.items():
-                self._spend.setdefault((key_id, period), usd)
+        for key_id in {*day, *month}:
+            state = self._keys.setdefault(key_id, KeyState(KeyLimits(), time.monotonic()))
+            state.spend(periods)
+            state.day_usd = max(state.day_usd, day.get(key_id, 0.0))
+            state.month_usd = max(state.month_usd, month.get(key_id, 0.0))
 
     async def close(self) -> None:
         return None
