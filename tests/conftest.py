@@ -39,6 +39,7 @@ def load_corpus(directory: Path) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------ end-to-end: real processes on loopback
 
 PROVIDER_KEY = "sk-test-SECRETKEY-0123456789"
+GEMINI_KEY = "gemini-test-KEY-0123456789"
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -69,10 +70,21 @@ def fake() -> Any:
 
 
 @pytest.fixture(scope="session")
-def gateway(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def gemini_fake() -> Any:
+    """The Gemini API fake (tests/fakes/gemini_fake.py), behind the shared gateway as provider `gemini`."""
+    from tests.servers import run_fake
+
+    with run_fake("tests.fakes.gemini_fake", "/v1beta", "--key", GEMINI_KEY) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def gateway(fake: Any, gemini_fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.servers import run_gateway
 
     env = {
+        "GEMINI_API_KEY": GEMINI_KEY,
+        "GEMINI_BASE_URL": gemini_fake.url,
         "OPENAI_API_KEY": PROVIDER_KEY,
         "OPENAI_BASE_URL": fake.url,
         "SLOWPOKE_API_KEY": "sk-slow-000000",

@@ -1,5 +1,6 @@
-"""Gemini end to end: `engine serve` in front of the loopback Gemini fake (tests/fakes/gemini_fake.py),
-which refuses, as Google does, a Gemini 3 function call that comes back without its thought signature.
+"""Gemini end to end: the shared `engine serve` (tests/conftest.py) in front of the loopback Gemini fake
+(tests/fakes/gemini_fake.py), which refuses, as Google does, a Gemini 3 function call that comes back
+without its thought signature.
 
 The tool loops here are run by real clients: the official OpenAI SDK (chat and /responses, streaming and
 not) and the Vercel AI SDK, which echoes only `id`, `type` and `function` of earlier tool calls. They
@@ -12,7 +13,6 @@ import itertools
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +20,11 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import PROVIDER_KEY, WEATHER_TOOL
-from tests.servers import Fake, Gateway, run_fake, run_gateway
+from tests.conftest import GEMINI_KEY, WEATHER_TOOL
+from tests.servers import Fake, Gateway
 
-GEMINI_KEY = "gemini-test-KEY-0123456789"
 SKIP = "skip_thought_signature_validator"
 CLIENT = Path(__file__).parent / "clients" / "vercel_ai_sdk"
-
-
-@pytest.fixture(scope="module")
-def gemini_fake() -> Iterator[Fake]:
-    with run_fake("tests.fakes.gemini_fake", "/v1beta", "--key", GEMINI_KEY) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def gemini_gateway(gemini_fake: Fake, fake: Fake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {
-        "GEMINI_API_KEY": GEMINI_KEY,
-        "GEMINI_BASE_URL": gemini_fake.url,
-        "OPENAI_API_KEY": PROVIDER_KEY,
-        "OPENAI_BASE_URL": fake.url,
-    }
-    with run_gateway(tmp_path_factory.mktemp("gemini-gateway"), env) as running:
-        yield running
 
 
 @pytest.fixture
@@ -53,8 +34,8 @@ def gemini(gemini_fake: Fake) -> Fake:
 
 
 @pytest.fixture
-def sdk(gemini_gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gemini_gateway.url, api_key=gemini_gateway.key, max_retries=0, timeout=30)
+def sdk(gateway: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url, api_key=gateway.key, max_retries=0, timeout=30)
 
 
 def weather(arguments: str) -> str:
@@ -184,8 +165,8 @@ def run_vercel_loop(gateway: Gateway, model: str, mode: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", ["generate", "stream"])
-def test_vercel_ai_sdk_tool_loop_keeps_thought_signatures(gemini_gateway: Gateway, gemini: Fake, mode: str) -> None:
-    seen = run_vercel_loop(gemini_gateway, "google/gemini-3-flash", mode)
+def test_vercel_ai_sdk_tool_loop_keeps_thought_signatures(gateway: Gateway, gemini: Fake, mode: str) -> None:
+    seen = run_vercel_loop(gateway, "google/gemini-3-flash", mode)
     assert [t["errors"] for t in seen["turns"]] == [[], []]
     assert seen["executed"] == ["Oslo", "Bergen", "Oslo"]
     assert all(t["text"].startswith("The tool said:") for t in seen["turns"])
@@ -242,11 +223,11 @@ def _blocked_check(response: httpx.Response) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("prompt", ["BLOCKME please", "Say something UNSAFE"], ids=["prompt_blocked", "safety_finish"])
 def test_blocked_answers_are_the_sanitized_content_filter_error(
-    gemini_gateway: Gateway, gemini: Fake, stream: bool, prompt: str
+    gateway: Gateway, gemini: Fake, stream: bool, prompt: str
 ) -> None:
     body = {"model": "google/gemini-2.5-flash", "messages": [{"role": "user", "content": prompt}], "stream": stream}
-    headers = {"Authorization": f"Bearer {gemini_gateway.key}"}
-    with httpx.Client(base_url=gemini_gateway.url, headers=headers, timeout=30) as http:
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as http:
         _blocked_check(http.post("/chat/completions", json=body))
         responses = {"model": body["model"], "input": prompt, "stream": stream}
         _blocked_check(http.post("/responses", json=responses))
