@@ -30,6 +30,8 @@ from enum import Enum
 from typing import Any, NoReturn, Protocol, TypeVar
 
 from engine.errors import Failure, GatewayError, Kind
+from engine.health import Circuit, Health
+from engine.health import unavailable as health_unavailable
 from engine.spec.models import DiagnosticHeaders, Fallback, Retry
 from engine.timeouts import CALLER
 
@@ -167,26 +169,37 @@ class Trail:
 
 async def run(
     policy: Policy,
+    health: Health,
     names: DiagnosticHeaders,
+    public_id: str,
     candidates: Sequence[tuple[str, Retry, Callable[[], P]]],
     attempt: Callable[[P], Awaitable[R]],
 ) -> R:
     """Try `candidates` in order, each `(provider id, its retry table, prepare)`, until one answers.
 
-    `prepare` builds the attempt for that provider (it may refuse: a capability the provider lacks). The
-    preferred provider's refusal is the answer; a later one's only skips it, and a skip is not an attempt.
+    A candidate whose circuit is open is skipped, and so is one whose `prepare` refuses (a capability the
+    provider lacks); a skip is not an attempt. The preferred provider's refusal is the answer, though, and
+    when every candidate's circuit is open the answer is a 503 saying when to retry.
     """
     trail = Trail()
     last: GatewayError | None = None
     last_provider = ""
     providers = 0
+    loop = asyncio.get_running_loop()
+    shut: list[float] = []  # seconds until each skipped open circuit lets a probe through
     for provider, retry, prepare in candidates:
         if providers == policy.max_providers:
             break
+        breaker = health.breaker(provider)
+        if not breaker.admit(loop.time()):
+            shut.append(breaker.retry_in(loop.time()))
+            continue
+        probe = breaker.state is Circuit.HALF_OPEN
         try:
             prepared = prepare()
         except GatewayError:
-            if last is None and providers == 0:
+            breaker.released(probe)
+            if last is None and providers == 0 and not shut:
                 raise
             continue
         providers += 1
@@ -196,25 +209,40 @@ async def run(
             try:
                 answer = await attempt(prepared)
             except GatewayError as error:
-                decision = policy.decide(error.failure, retry, retries)
-                if error.failure is not None:
-                    log.warning("attempt %d (%s): %s → %s", trail.attempts, provider, decision.why, decision.step.value)
-                if decision.step is Step.STOP:
+                failure = error.failure
+                if failure is None:
+                    breaker.released(probe)
+                else:
+                    breaker.failed(loop.time(), failure, probe)
+                decision = policy.decide(failure, retry, retries)
+                left = _time_left()
+                step, why = decision.step, decision.why
+                if step is Step.RETRY and breaker.state is not Circuit.CLOSED:
+                    step, why = Step.NEXT, f"{why}, but its circuit opened"
+                elif step is Step.RETRY and left is not None and decision.delay >= left:
+                    step, why = Step.NEXT, f"{why}, but the deadline is {max(left, 0):.3f} s away"
+                if failure is not None:
+                    log.warning("attempt %d (%s): %s → %s", trail.attempts, provider, why, step.value)
+                if step is Step.STOP:
                     trail.stamp(names, error.headers)
                     raise
                 last, last_provider = error, provider
-                left = _time_left()
                 if left is not None and left <= 0:
                     return _answer_with(trail, names, last, provider)  # the caller's deadline has passed
-                if decision.step is Step.RETRY and (left is None or decision.delay < left):
+                if step is Step.RETRY:
                     retries += 1
                     await _pause(decision.delay)
                     continue
-                trail.failed.append(provider)  # retries used up, or no time left to wait for one
+                trail.failed.append(provider)
                 break
+            except BaseException:
+                breaker.released(probe)  # cancelled (the client left): no outcome
+                raise
+            breaker.succeeded(loop.time())
             trail.stamp(names, answer.headers)
             return answer
-    assert last is not None  # a model always has a candidate, and the first one either answers or raises
+    if last is None:
+        raise health_unavailable(public_id, min(shut))
     return _answer_with(trail, names, last, last_provider)
 
 

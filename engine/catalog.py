@@ -11,7 +11,9 @@ conditions read only the model are decided at start-up.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,8 +193,12 @@ class Catalog:
             for public_id, row in provider.spec.models.items():
                 for served_as in (public_id, *row.aliases):
                     by_model.setdefault(served_as, []).append(Candidate.build(served_as, provider, row))
+        for candidates in by_model.values():  # stable: equal priorities keep the provider order
+            candidates.sort(key=_priority)
         self._all = by_model
+        self._weighted = frozenset(m for m, cs in by_model.items() if any(c.row.weight for c in cs))
         self._live: dict[str, list[Candidate]] = {}
+        self._rng = random.Random()
         self.refresh()
 
     def refresh(self) -> None:
@@ -242,7 +248,27 @@ class Catalog:
         candidates = self._live.get(public_id)
         if not candidates:
             raise model_not_configured(public_id) if public_id in self._all else model_not_found(public_id)
+        if public_id in self._weighted:
+            return weighted_order(candidates, self._rng)
         return candidates
+
+
+def _priority(candidate: Candidate) -> int:
+    row = candidate.row
+    return row.priority if row.priority is not None else candidate.provider.spec.provider.priority
+
+
+def weighted_order(candidates: list[Candidate], rng: random.Random) -> list[Candidate]:
+    """Within each run of equal priority, weighted candidates in a random order drawn in proportion to their
+    weights (each keyed by u ** (1 / weight), largest first), then the unweighted ones as listed."""
+    ordered: list[Candidate] = []
+    for _, group in itertools.groupby(candidates, key=_priority):
+        members = list(group)
+        weighted = sorted(
+            (c for c in members if c.row.weight), key=lambda c: rng.random() ** (1 / (c.row.weight or 1)), reverse=True
+        )
+        ordered += weighted + [c for c in members if not c.row.weight]
+    return ordered
 
 
 def check_capabilities(request: dict[str, Any], candidate: Candidate) -> None:

@@ -68,3 +68,12 @@ async def models_retrieve(
     if not model:
         raise invalid_request("Name a model: GET /models/{model}.", param="model")
     return json_response(model_object(gw.catalog.resolve(model)))
+
+
+async def health(gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer) -> Response[Any]:
+    """Each live provider's circuit, recent error rate and connections in use (`engine/health.py`). Served
+    without a key, so it holds nothing secret: provider ids, never a URL or a credential. 503 when every
+    provider's circuit is open, so a load balancer can tell."""
+    doc = gw.health.document([p.id for p in gw.catalog.live_providers()], gw.pools)
+    status = 503 if doc["status"] == "down" else 200
+    return Response(msgspec.json.encode(doc), media_type="application/json", status_code=status)

@@ -16,6 +16,7 @@ import httpx
 from engine.attempts import Policy
 from engine.auth import Authenticator
 from engine.catalog import Catalog, compile_error_rules
+from engine.health import Health
 from engine.ledger import Recorder
 from engine.limits import Gatekeeper
 from engine.liveness import Prober
@@ -57,6 +58,7 @@ class Gateway:
     prober: Prober  # keeps local servers' liveness current
     attempts: Policy  # routes.fallback: what runs after a failed upstream attempt
     pools: dict[str, Pool]  # each provider's own connections (`[pool]`, `timeouts.pool`)
+    health: Health  # each provider's circuit breaker and recent error rate
 
     @classmethod
     def build(
@@ -93,6 +95,7 @@ class Gateway:
             prober=Prober(client, catalog),
             attempts=Policy(routes.fallback),
             pools={p.id: _pool(p.spec, transport) for p in catalog.providers.values()},
+            health=Health(routes.breaker, list(catalog.providers)),
         )
 
     async def startup(self) -> None:

@@ -24,7 +24,7 @@ from litestar import Request, Response
 
 from engine import attempts
 from engine.catalog import Candidate, check_capabilities
-from engine.documents import models_list, models_retrieve
+from engine.documents import health, models_list, models_retrieve
 from engine.errors import GatewayError, invalid_request, not_implemented
 from engine.gateway import Gateway
 from engine.ledger import Trip
@@ -99,6 +99,7 @@ _ROWS = (
     OperationRow("videos.generations", "model", "videos"),
     OperationRow("opencode.wellknown", "none", body="none", keyed=False),
     OperationRow("opencode.config", "none", body="none", keyed=False),
+    OperationRow("health", "none", body="none", respond=health, keyed=False),
 )
 OPERATIONS: dict[str, OperationRow] = {row.name: row for row in _ROWS}
 
@@ -153,9 +154,8 @@ def by_model(row: OperationRow, receipt: bool = False) -> Handler:
 
             return build
 
-        candidates = [
-            (c.provider.id, c.provider.spec.retry, prepared(c)) for c in gw.catalog.resolve_all(_model_of(body))
-        ]
+        resolved = gw.catalog.resolve_all(_model_of(body))
+        candidates = [(c.provider.id, c.provider.spec.retry, prepared(c)) for c in resolved]
         trip = Trip.begin(key.id, name, timer.started)
         trip.prompt_estimate = len(await request.body()) // 4  # the body is cached: no second read
         trip.receipt = receipt
@@ -164,8 +164,9 @@ def by_model(row: OperationRow, receipt: bool = False) -> Handler:
         def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
             return proxy(gw, ready[0], trip, timer, ready[1])
 
+        model = resolved[0].public_id
         try:
-            return await attempts.run(gw.attempts, gw.specs.routes.headers, candidates, attempt)
+            return await attempts.run(gw.attempts, gw.health, gw.specs.routes.headers, model, candidates, attempt)
         except Exception as error:  # kept in the ledger if it reached a provider
             gw.recorder.finish(trip, None, error.status if isinstance(error, GatewayError) else 500, "error")
             raise

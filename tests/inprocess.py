@@ -262,6 +262,7 @@ class InProcess:
     def reset(self) -> InProcess:
         """Forget scripts and what was received, so one gateway can serve many tests."""
         self.upstreams.reset()
+        self.gateway.health.reset()
         return self
 
     def run(self, coro: Awaitable[Any]) -> Any:
@@ -274,6 +275,9 @@ class InProcess:
             return await asyncio.gather(*(self._client.post(r.pop("path"), **r) for r in map(dict, requests)))
 
         return self.run(all_of())  # type: ignore[no-any-return]
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.run(self._client.get(path, **kwargs))  # type: ignore[no-any-return]
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.run(self._client.post(path, **kwargs))  # type: ignore[no-any-return]

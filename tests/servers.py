@@ -104,10 +104,18 @@ class Gateway:
         return subprocess.run([ENGINE, *args], env=self.env, capture_output=True, text=True, timeout=60)
 
 
+# Many tests share one gateway, and their scripted failures would add up to open a provider's circuit for
+# the tests after them; test_e2e_resilience.py starts its own gateway to show breakers.
+NO_BREAKER = "\n[breaker]\nfailures = 1000\n"
+
+
 @contextlib.contextmanager
-def run_gateway(tmp: Path, provider_env: dict[str, str], key_name: str = "e2e") -> Iterator[Gateway]:
+def run_gateway(
+    tmp: Path, provider_env: dict[str, str], key_name: str = "e2e", breaker: str = NO_BREAKER
+) -> Iterator[Gateway]:
     """`engine serve` on a free port with the shipped specs plus the test-only providers, and a key named
-    `key_name` (`provider_env` may also name the database: ENGINE_DB, ENGINE_REDIS)."""
+    `key_name` (`provider_env` may also name the database: ENGINE_DB, ENGINE_REDIS). `breaker` is appended
+    to routes.toml."""
     specs = tmp / "specs"
     shutil.copytree(REPO / "specs", specs)
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
@@ -117,7 +125,7 @@ def run_gateway(tmp: Path, provider_env: dict[str, str], key_name: str = "e2e") 
     routes = routes.replace("flush_seconds = 1.0", "flush_seconds = 0.2", 1)
     # a route that asks for receipts, as an operator's internal surface would (the external ones never do)
     routes += '\n[[routes]]\nmethod = "POST"\npath = "/internal/v1/chat/completions"\n'
-    routes += 'operation = "chat.completions"\nreceipt = true\n'
+    routes += 'operation = "chat.completions"\nreceipt = true\n' + breaker
     (specs / "routes.toml").write_text(routes)
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     env |= {"ENGINE_SPECS": str(specs), "ENGINE_DB": str(tmp / "engine.sqlite3"), **provider_env}

@@ -6,9 +6,13 @@ watching the gateway's side of each connection."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
+
+from tests.conftest import PROVIDER_KEY
 
 CHAT = "/external/v1/chat/completions"
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -101,3 +105,42 @@ def test_a_429_is_retried_after_the_wait_it_asks_for(http: httpx.Client, upstrea
     assert response.status_code == 200 and response.headers["x-compose-attempts"] == "2"
     assert time.monotonic() - began >= 0.7
     assert len(upstream.requests()) == 2
+
+
+# ------------------------------------------------------------------------------------ circuit breaker
+
+
+@pytest.fixture(scope="module")
+def breaking(fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A gateway of its own whose breakers open after 3 failures and cool down for 1 s."""
+    from tests.servers import run_gateway
+
+    env = {"OPENAI_API_KEY": PROVIDER_KEY, "OPENAI_BASE_URL": fake.url}
+    with run_gateway(
+        tmp_path_factory.mktemp("breaker"), env, breaker="\n[breaker]\nfailures = 3\ncooldown = 1\n"
+    ) as gw:
+        yield gw
+
+
+def test_a_breaker_opens_half_opens_and_closes(breaking: Any, upstream: Any) -> None:
+    headers = {"Authorization": f"Bearer {breaking.key}"}
+    overloaded = {"status": 503, "json": {"error": {"message": "Overloaded", "type": "server_error"}}}
+
+    def chat() -> httpx.Response:
+        return httpx.post(breaking.root + CHAT, json=ONE_PROVIDER, headers=headers, timeout=20)
+
+    def state() -> str:
+        rows = httpx.get(breaking.root + "/external/health", timeout=20).json()["providers"]
+        return str(next(r for r in rows if r["id"] == "openai")["circuit"])
+
+    upstream.script(*[overloaded] * 3)
+    assert [chat().status_code for _ in range(2)] == [503, 503]  # tried, retried; then tried once
+    assert len(upstream.requests()) == 3 and state() == "open"
+    fast = chat()
+    assert fast.status_code == 503 and fast.json()["error"]["code"] == "providers_unavailable"
+    assert len(upstream.requests()) == 3, "an open circuit sends nothing upstream"
+
+    wait_for(lambda: state() == "half_open", seconds=10)
+    probe = chat()
+    assert probe.status_code == 200 and len(upstream.requests()) == 4
+    assert state() == "closed"

@@ -257,6 +257,22 @@ class Fallback(Strict):
         return statuses
 
 
+class BreakerPolicy(Strict):
+    """Per-provider circuit breakers (`engine/health.py`): a provider failing again and again is skipped for
+    a while instead of being tried by every request, then probed by a single one."""
+
+    failures: int = Field(
+        default=5,
+        ge=1,
+        description="Attempts in a row failing by the provider's fault (unreachable, timed out,"
+        " 5xx, garbage) that open its circuit.",
+    )
+    cooldown: float = Field(default=30.0, gt=0, description="Seconds an open circuit waits before one probe.")
+    window: float = Field(
+        default=60.0, gt=0, description="Seconds of history behind the health document's recent error rate."
+    )
+
+
 class Route(Strict):
     method: Literal["GET", "POST"]
     path: str = Field(pattern=r"^/", description="Litestar path; `{model:path}` captures IDs with slashes.")
@@ -282,6 +298,7 @@ class RoutesSpec(Strict):
         default_factory=list, description="Applied after each provider's own rules; first match wins."
     )
     fallback: Fallback = Fallback()
+    breaker: BreakerPolicy = BreakerPolicy()
     ledger: LedgerPolicy = LedgerPolicy()
     limits: Limits = Limits()
     routes: list[Route] = Field(min_length=1)
@@ -548,6 +565,17 @@ class SchemaRules(Strict):
 
 class ModelRow(ModelFacts):
     upstream: str = Field(description="The model name the provider expects on its wire (on Azure, the deployment).")
+    priority: int | None = Field(
+        default=None,
+        description="This provider's place among the candidates for this model (lower first); default its"
+        " `provider.priority`.",
+    )
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        description="Among candidates of equal priority that set weights, each request picks the order at"
+        " random in proportion to them (so traffic splits by weight); unweighted ones come after.",
+    )
     url_form: str | None = Field(default=None, description="The provider's `url_forms` entry this model uses.")
     facts: str | None = Field(
         default=None,
