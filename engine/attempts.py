@@ -91,10 +91,11 @@ class Policy:
             return Decision(Step.STOP, f"{kind} after sending: the provider may have done the work")
         else:
             return Decision(Step.STOP, f"{kind} is not retried")
+        what = f"HTTP {failure.status}" if kind is Kind.STATUS else kind.value
         if retries >= retry.max_retries:
-            return Decision(Step.NEXT, f"{kind} and {retries} of {retry.max_retries} retries used")
+            return Decision(Step.NEXT, f"{what} and {retries} of {retry.max_retries} retries used")
         delay = wait if wait is not None else self.backoff(retry, retries)
-        return Decision(Step.RETRY, f"{kind}; retry {retries + 1} of {retry.max_retries}", delay)
+        return Decision(Step.RETRY, f"{what}; retry {retries + 1} of {retry.max_retries}", delay)
 
     def backoff(self, retry: Retry, n: int) -> float:
         """Before retry n (0-based): a uniform pick in [ceiling/2, ceiling], ceiling doubling up to the max."""

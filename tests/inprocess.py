@@ -1,10 +1,10 @@
 """The in-process test layer: the whole gateway app over `httpx.MockTransport`, on a virtual clock.
 
-`VirtualClockLoop` is an asyncio event loop whose clock only moves when nothing is ready to run: then it
-jumps straight to the next timer. So a 2 s backoff, a 30 s hang or a breaker's cool-down take no real
-time, and what a test reads from `loop.time()` is exact. No real I/O happens on this layer (the app is
-reached through `httpx.ASGITransport`, the upstreams are `ScriptedUpstreams`), which is what makes the
-jump safe.
+`VirtualClockLoop` is an asyncio event loop whose clock only moves when nothing is ready to run and no
+thread is working for it: then it jumps straight to the next timer. So a 2 s backoff, a 30 s hang or a
+breaker's cool-down take no real time, and what a test reads from `loop.time()` is exact. The app is
+reached through `httpx.ASGITransport` and the upstreams are `ScriptedUpstreams`, so no socket is waited
+on; the SQLite store's thread is, and the clock stands still meanwhile.
 
     with InProcess(tmp_path) as gw:
         gw.upstreams.script("openai", status(503), status(503))
@@ -59,7 +59,7 @@ class _VirtualSelector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready or timeout == 0:
             return ready
-        if timeout is None:  # no timer pending: only real I/O can wake the loop
+        if timeout is None or self._loop.in_threads:  # only real work (I/O, a thread) can wake the loop now
             return self._real.select(None)
         self._loop.now += timeout
         return []
@@ -72,12 +72,25 @@ class _VirtualSelector(selectors.BaseSelector):
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """Virtual time stands still while work runs in a thread (the SQLite store's executor): jumping ahead
+    then would let timers fire "during" real work that takes no virtual time."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.in_threads = 0
         super().__init__(_VirtualSelector(self))
 
     def time(self) -> float:
         return self.now
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        future = super().run_in_executor(executor, func, *args)
+        self.in_threads += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, future: asyncio.Future[Any]) -> None:
+        self.in_threads -= 1
 
 
 # ------------------------------------------------------------------------------------------ upstreams
