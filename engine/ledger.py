@@ -81,6 +81,7 @@ class Trip:
 
 
 _NO_USAGE = Usage()
+_CUT_SHORT = frozenset({"client_closed", "stream_broken", "timeout"})  # streams that ended without their usage
 
 
 _unit_values = operator.attrgetter(*UNIT_FIELDS)
@@ -133,7 +134,7 @@ class Recorder:
         return row
 
     def _row(self, trip: Trip, candidate: Candidate, usage: Usage | None, status: int, outcome: str) -> UsageRow:
-        estimated = usage is None and outcome in ("client_closed", "stream_broken") and trip.chunks > 0
+        estimated = usage is None and outcome in _CUT_SHORT and trip.chunks > 0
         if estimated:
             usage = Usage(prompt_tokens=trip.prompt_estimate, completion_tokens=trip.chunks)
         if trip.stream_error and outcome == "ok":

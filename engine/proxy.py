@@ -365,7 +365,8 @@ async def _relay(
     sanitize: Sanitize,
 ) -> AsyncIterator[bytes]:
     """Raised items → client SSE, in the client's shape. After content has gone out, an upstream error or a
-    cut stream ends it with one OpenAI-shaped error event (the status is already committed)."""
+    cut stream ends it with one OpenAI-shaped error event (the status is already committed). On a route
+    that asks for receipts, one last `event: <receipt_field>` carries it."""
     candidate, call = upstream.candidate, upstream.call
     outcome = "ok"
     try:
@@ -387,4 +388,7 @@ async def _relay(
         raise
     finally:
         await response.aclose()
-        gw.recorder.finish(trip, call.usage, 200, outcome)
+        row = gw.recorder.finish(trip, call.usage, 200, outcome)
+    if trip.receipt and row is not None:  # after the answer's own end: clients that stop there lose nothing
+        field = gw.specs.routes.ledger.receipt_field
+        yield b"event: " + field.encode() + b"\ndata: " + _encode({field: receipt_of(row)}) + b"\n\n"

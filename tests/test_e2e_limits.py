@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import time
 from typing import Any
 
@@ -83,6 +84,19 @@ def test_receipts_come_only_where_the_route_asks(gateway: Any, upstream: Any) ->
     assert receipt["request_id"] == with_receipt.headers["x-request-id"]
     assert receipt["usage"]["prompt_tokens"] == 12 and receipt["usage"]["completion_tokens"] == 7
     assert receipt["cost_usd"] == round((12 * 2.00 + 7 * 8.00) / 1e6, 9)
+    streamed = httpx.post(
+        gateway.root + "/internal/v1/chat/completions",
+        json={**BODY, "stream": True},
+        headers={"Authorization": f"Bearer {gateway.key}"},
+        timeout=20,
+    )
+    events = streamed.text.strip().split("\n\n")
+    assert events[-2] == "data: [DONE]", "the answer ends as OpenAI's does; the receipt follows it"
+    name, data = events[-1].split("\n")
+    assert name == "event: compose_receipt"
+    streamed_receipt = json.loads(data.removeprefix("data: "))["compose_receipt"]
+    assert streamed_receipt["request_id"] == streamed.headers["x-request-id"]
+    assert streamed_receipt["usage"]["completion_tokens"] > 0 and streamed_receipt["cost_usd"] > 0
     upstream.script({"json": _completion() | {"compose_receipt": {"forged": True}}})
     external = post(gateway, gateway.key)
     assert "compose_receipt" not in external.json(), "external routes strip it, even when an upstream sends one"

@@ -60,7 +60,7 @@ class UsageRow:
     upstream_model: str
     operation: str
     status: int  # the HTTP status the client got
-    outcome: str  # ok | error | client_closed | stream_broken
+    outcome: str  # ok | error | client_closed | stream_broken | timeout
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
