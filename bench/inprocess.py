@@ -87,7 +87,7 @@ def build(workdir: Path) -> tuple[Gateway, Any]:
     transport = httpx.MockTransport(
         lambda request: httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
     )
-    gw = Gateway.build(REPO / "specs", str(workdir / "engine.sqlite3"), transport)
+    gw = Gateway.build(REPO / "specs", f"sqlite:///{workdir / 'engine.sqlite3'}", transport)
     return gw, build_app(gw)
 
 
@@ -162,7 +162,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="engine-inprocess-") as workdir:
         gw, app = build(Path(workdir))
         loop = asyncio.new_event_loop()
-        loop.run_until_complete(app.on_startup[0]() if app.on_startup else asyncio.sleep(0))
+        loop.run_until_complete(gw.startup())
         key = loop.run_until_complete(gw.database.create_key("bench", gw.specs.routes.gateway.key_prefix))
         client = Asgi(app, key)
         try:
