@@ -41,38 +41,57 @@ def get_path(body: dict[str, Any], path: str) -> Any:
 
 
 def update(node: dict[str, Any], segments: tuple[Segment, ...], change: Callable[[Any], Any]) -> None:
-    """Replace the value at `segments` (in `node`) by `change(old)`; `old` is MISSING when absent and a
-    result of MISSING deletes the key. Containers on the way are copied before they are touched."""
+    """Replace the value at `segments` (in `node`, which the caller owns) by `change(old)`; `old` is MISSING
+    when absent and a result of MISSING deletes the key.
+
+    Copy on write: a container below `node` is copied only when something in it changes, so the client's
+    decoded request is never altered, and a mapping that finds nothing to do (say, dropping a message field
+    no message has) copies nothing: on a 200-turn conversation that was every message, on every request."""
     (key, each), rest = segments[0], segments[1:]
-    if each:
-        items = node.get(key)
-        if not isinstance(items, list):
-            return
-        copies = []
-        for item in items:
-            if isinstance(item, dict):
-                item = dict(item)
-                if rest:
-                    update(item, rest, change)
-            copies.append(item)
-        node[key] = copies
+    old = node.get(key, MISSING)
+    new = _changed(old, each, rest, change)
+    if new is old:
         return
-    if rest:
-        child = node.get(key, MISSING)
-        if child is MISSING:
-            if change(MISSING) is MISSING:
-                return  # nothing to delete, nothing to create
-            child = {}
-        if not isinstance(child, dict):
-            return
-        node[key] = child = dict(child)
-        update(child, rest, change)
-        return
-    new = change(node.get(key, MISSING))
     if new is MISSING:
         node.pop(key, None)
     else:
         node[key] = new
+
+
+def _changed(old: Any, each: bool, rest: tuple[Segment, ...], change: Callable[[Any], Any]) -> Any:
+    """The new value of a key whose value is `old`: `old` itself (not a copy) when nothing changes."""
+    if each:
+        if not isinstance(old, list) or not rest:
+            return old
+        copies: list[Any] | None = None
+        for index, item in enumerate(old):
+            if isinstance(item, dict) and (changed := _updated(item, rest, change)) is not item:
+                if copies is None:
+                    copies = list(old)
+                copies[index] = changed
+        return old if copies is None else copies
+    if not rest:
+        return change(old)
+    if old is MISSING:
+        if change(MISSING) is MISSING:
+            return old  # nothing to delete, nothing to create
+        return _updated({}, rest, change)
+    return _updated(old, rest, change) if isinstance(old, dict) else old
+
+
+def _updated(node: dict[str, Any], segments: tuple[Segment, ...], change: Callable[[Any], Any]) -> dict[str, Any]:
+    """`node` with the change applied: a shallow copy when it changes, `node` itself otherwise."""
+    (key, each), rest = segments[0], segments[1:]
+    old = node.get(key, MISSING)
+    new = _changed(old, each, rest, change)
+    if new is old:
+        return node
+    copy = dict(node)
+    if new is MISSING:
+        copy.pop(key, None)
+    else:
+        copy[key] = new
+    return copy
 
 
 def _const(value: Any) -> Callable[[Any], Any]:

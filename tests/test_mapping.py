@@ -35,6 +35,22 @@ def test_drop_removes_fields_also_inside_every_list_element() -> None:
     assert mapped({"a": 1}, drop=["stream_options.include_usage"]) == {"a": 1}
 
 
+def test_containers_are_copied_only_where_a_mapping_changes_them() -> None:
+    """What lower_request does: mappings run on a shallow copy of the client's decoded request. Its nested
+    messages must stay as the client sent them, and those a mapping leaves alone are not copied at all."""
+    request = {"messages": [{"role": "user", "content": "x", "name": "a"}, {"role": "tool", "content": "y"}]}
+    original = copy.deepcopy(request)
+    body = dict(request)
+    mapping = CompiledMapping.compile(Mapping(drop=["messages[].name", "messages[].reasoning_content"]))
+    mapping.apply(body, {"request": body, "model": MODEL, "operation": "chat.completions"})
+    assert request == original, "the client's request is not altered"
+    assert body["messages"] == [{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]
+    assert body["messages"][1] is request["messages"][1], "an untouched message is shared, not copied"
+    untouched = dict(request)
+    CompiledMapping.compile(Mapping(drop=["messages[].reasoning_content"])).apply(untouched, {"request": untouched})
+    assert untouched["messages"] is request["messages"], "nothing to drop: no copy of the list either"
+
+
 def test_default_only_fills_what_is_absent_and_set_always_wins() -> None:
     assert mapped({"n": 2}, default={"n": 1, "store": False}) == {"n": 2, "store": False}
     assert mapped({"store": True}, set={"store": False}) == {"store": False}
