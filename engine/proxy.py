@@ -27,6 +27,7 @@ from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
 from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
+from engine.respond import JSONAnswer
 from engine.shapes.base import Renderer, Sanitize
 from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of, watched
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
@@ -227,7 +228,7 @@ async def _proxy(
     overhead = gw.specs.routes.headers.overhead
     if overhead:
         headers[overhead] = timer.overhead_ms()
-    return Response(_encode(answer_doc), media_type="application/json", headers=headers)
+    return JSONAnswer(_encode(answer_doc), headers)
 
 
 # What a relayed byte answer keeps of the upstream's headers (the body is relayed as it came, still encoded).
