@@ -123,12 +123,18 @@ class Asgi:
             "state": {},
         }
         messages = [{"type": "http.request", "body": body, "more_body": False}]
+        complete = asyncio.Event()
 
         async def receive() -> dict[str, Any]:
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
+            if messages:
+                return messages.pop(0)
+            await complete.wait()  # as uvicorn: a connected client "disconnects" once the answer is complete
+            return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                complete.set()
 
         await self.app(scope, receive, send)
         start = next(m for m in sent if m["type"] == "http.response.start")
