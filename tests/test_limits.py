@@ -1,5 +1,7 @@
 """Limits on every limiter backend (in-process always, Redis when it runs): admission never overshoots
-under concurrency, refusals say which limit and when to retry, and settling hands back what was taken."""
+under concurrency by more than one request (the shared limiter admits a key's request before Redis
+answers while the previous one was admitted), refusals say which limit and when to retry, and settling
+hands back what was taken."""
 
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ async def test_tokens_per_minute_charge_the_estimate_then_the_rest(limiter: Any)
     first = await limiter.admit("k-tpm", limits, 600)
     second = await limiter.admit("k-tpm", limits, 600)  # 400 left: admitted, the bucket goes into debt
     assert not first.refusal and not second.refusal
-    third = await limiter.admit("k-tpm", limits, 10)
-    assert third.refusal and third.refusal.limit == "tpm" and third.refusal.retry_after > 0
+    later = [await limiter.admit("k-tpm", limits, 10) for _ in range(3)]
+    assert sum(not a.refusal for a in later) <= 1, "at most one beyond the limit (a shared limiter's optimistic one)"
+    last = later[-1].refusal
+    assert last is not None and last.limit == "tpm" and last.retry_after > 0
     await _settle(limiter, "k-tpm", limits, first, -600, 0.0)  # it used nothing after all: refunded
     assert not (await limiter.admit("k-tpm", limits, 10)).refusal
 
@@ -55,7 +59,7 @@ async def test_spend_budgets_refuse_until_the_period_rolls_over(limiter: Any) ->
     limits = KeyLimits(daily_usd=1.0, monthly_usd=5.0)
     admission = await limiter.admit("k-usd", limits, 0)
     await _settle(limiter, "k-usd", limits, admission, 0, 1.25)
-    refusal = (await limiter.admit("k-usd", limits, 0)).refusal
+    refusal = [(await limiter.admit("k-usd", limits, 0)).refusal for _ in range(2)][-1]  # one may be let past
     assert refusal is not None and refusal.limit == "daily_usd"
     now = time.time()
     assert refusal.retry_after == pytest.approx(Periods.at(now).day_ends - now, abs=5)

@@ -5,13 +5,20 @@ limit of a key and, only if all pass, takes from the buckets and a concurrency s
 server (`TIME`), so instances with skewed clocks still share one minute. Keys carry the gateway key id
 as a hash tag (`lim:{id}:…`), so a cluster keeps one key's counters on one shard.
 
+Admission is optimistic where that costs at most one request per instance beyond a limit (what the issue
+allows): a key's request is admitted at once while Redis admitted the previous one and no check is
+outstanding, and checked in the background; otherwise it waits for Redis.
+
 Concurrency slots are leases (a sorted set scored by expiry): an instance that dies holding one frees
 it after `limits.concurrency_lease_seconds`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +27,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine.storage.base import Admission, KeyLimits, Periods, Refusal, StoreError
+
+log = logging.getLogger("engine.storage.redis")
 
 # KEYS: rpm bucket, tpm bucket, slots, day spend, month spend
 # ARGV: rpm, tpm, concurrent, daily_usd, monthly_usd (0: none), tokens, slot, lease, day_ends, month_ends
@@ -102,6 +111,22 @@ def _n(value: float | None) -> str:
     return repr(value) if value is not None else "0"
 
 
+class _Flight:
+    """One key's admissions on this instance: whether Redis admitted the last one, and the one whose answer
+    is still outstanding (admitted optimistically)."""
+
+    __slots__ = ("pending", "trusted")
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[Admission] | None = None
+        self.trusted = False
+
+
+def _retrieved(task: asyncio.Future[Admission]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background admission check failed: %s", task.exception())
+
+
 class RedisLimiter:
     def __init__(self, url: str, lease_seconds: float = 900.0) -> None:
         self.url = url
@@ -110,14 +135,33 @@ class RedisLimiter:
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
         self._slots = 0
-        self._instance = f"{id(self):x}"
+        self._instance = secrets.token_hex(8)  # slot ids must differ between instances
+        self._flights: dict[str, _Flight] = {}
 
     async def admit(self, key_id: str, limits: KeyLimits, tokens: int) -> Admission:
+        """Admit at once when Redis admitted this key's last request here and no answer is outstanding,
+        and check in the background; otherwise wait for Redis. So at most one request per instance gets
+        past a limit just crossed, and the common request pays no round trip."""
+        slot = self._new_slot() if limits.concurrent else ""
+        flight = self._flights.get(key_id)
+        if flight is None:
+            flight = self._flights[key_id] = _Flight()
+        pending = flight.pending
+        if flight.trusted and (pending is None or pending.done()):
+            task = asyncio.ensure_future(self._remote(flight, key_id, limits, tokens, slot))
+            task.add_done_callback(_retrieved)
+            flight.pending = task
+            return Admission(slot=slot or None)
+        if pending is not None and not pending.done():
+            await asyncio.wait([pending])  # keep this key's admissions in order behind the outstanding one
+        return await self._remote(flight, key_id, limits, tokens, slot)
+
+    def _new_slot(self) -> str:
+        self._slots += 1
+        return f"{self._instance}:{self._slots}"
+
+    async def _remote(self, flight: _Flight, key_id: str, limits: KeyLimits, tokens: int, slot: str) -> Admission:
         periods = Periods.at(time.time())
-        slot = ""
-        if limits.concurrent:
-            self._slots += 1
-            slot = f"{self._instance}:{self._slots}"
         args = [
             _n(limits.rpm),
             _n(limits.tpm),
@@ -133,7 +177,9 @@ class RedisLimiter:
         try:
             name, wait = await self._admit(keys=_keys(key_id, periods), args=args)
         except RedisError as exc:
+            flight.trusted = False
             raise StoreError(f"ENGINE_REDIS: the limiter is unreachable: {type(exc).__name__}") from None
+        flight.trusted = not name
         if name:
             value = getattr(limits, name)
             return Admission(Refusal(name, float(value), max(0.0, float(wait))))
