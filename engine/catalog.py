@@ -20,11 +20,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from engine.answers import AnswerFilter
+from engine.error_rules import CompiledErrorRule, compile_error_rules
 from engine.errors import GatewayError, model_not_configured, model_not_found
 from engine.mapping import CompiledMapping
 from engine.rules import Expression, Template, compile_expression, compile_template
-from engine.spec.loader import ERROR_NAMES, REQUEST_NAMES, TEMPLATE_NAMES, Specs
-from engine.spec.models import ErrorRule, ModelRow, ProviderSpec, UrlForm
+from engine.spec.loader import REQUEST_NAMES, TEMPLATE_NAMES, Specs
+from engine.spec.models import ModelRow, ProviderSpec, UrlForm
 from engine.wires import WIRES
 from engine.wires.base import Wire
 
@@ -34,12 +35,6 @@ class CompiledWireRule:
     when: Expression | None  # None: decided true for this model at start-up
     wire: Wire
     why: str
-
-
-@dataclass(frozen=True)
-class CompiledErrorRule:
-    rule: ErrorRule
-    when: Expression
 
 
 @dataclass
@@ -132,10 +127,6 @@ class CompiledUrlForm:
     def render(self, base_url: str, names: dict[str, Any]) -> dict[str, str]:
         query = urlencode({k: t.render(**names) for k, t in self.query})
         return {shape: base_url + t.render(**names) + (f"?{query}" if query else "") for shape, t in self.paths}
-
-
-def compile_error_rules(rules: list[ErrorRule]) -> tuple[CompiledErrorRule, ...]:
-    return tuple(CompiledErrorRule(r, compile_expression(r.when, ERROR_NAMES)) for r in rules)
 
 
 @dataclass(frozen=True)

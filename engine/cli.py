@@ -162,6 +162,8 @@ def cmd_lower(args: argparse.Namespace) -> int:
     specs = _load_or_report(args)
     if specs is None:
         return 1
+    if args.error:
+        return _lower_error(args, specs)
     operation = OPERATIONS.get(args.operation)
     if operation is None or operation.prepare is None or operation.body != "json":
         names = ", ".join(_lowerable())
@@ -198,6 +200,31 @@ def cmd_lower(args: argparse.Namespace) -> int:
         "body": upstream.body,
     }
     print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _lower_error(args: argparse.Namespace, specs: Any) -> int:
+    """`engine lower --error FILE`: a recorded upstream error → the client's answer and the rule that decided it."""
+    from engine.catalog import Catalog
+    from engine.error_rules import compile_error_rules
+    from engine.explain import explain
+    from engine.sanitize import Sanitizer
+
+    catalog = Catalog.from_specs(specs)
+    provider_id = args.provider
+    if provider_id is None and args.model:
+        candidates = sorted(catalog.all_candidates(args.model), key=lambda c: not c.provider.live)
+        provider_id = candidates[0].provider.id if candidates else None
+    provider = catalog.providers.get(provider_id or "")
+    if provider is None:
+        known = ", ".join(sorted(catalog.providers))
+        print(f"engine lower --error: name the provider that answered (--provider; one of {known})", file=sys.stderr)
+        return 1
+    routes = specs.routes
+    sanitizer = Sanitizer.build(provider, compile_error_rules(routes.error_rules), routes.sanitize.redact_patterns)
+    body = Path(args.error).read_bytes() if args.error != "-" else sys.stdin.buffer.read()
+    stream = args.stream or args.error.endswith(".sse")
+    print(json.dumps(explain(sanitizer, args.status, body, stream), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -381,6 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OPERATION",
         default="chat.completions",
         help="the operation the request was sent to, as routes.toml names it (default: chat.completions)",
+    )
+    lower.add_argument(
+        "--error",
+        metavar="FILE",
+        help="instead: a recorded upstream answer (error JSON, a 200 JSON, or SSE); print what the client gets"
+        " and which error rule decided it",
+    )
+    lower.add_argument("--status", type=int, default=400, help="with --error: the upstream's HTTP status (default 400)")
+    lower.add_argument(
+        "--stream", action="store_true", help="with --error: the file is an SSE stream (implied by .sse)"
     )
     lower.set_defaults(func=cmd_lower)
 

@@ -15,7 +15,8 @@ import httpx
 
 from engine.attempts import Policy
 from engine.auth import Authenticator
-from engine.catalog import Catalog, compile_error_rules
+from engine.catalog import Catalog
+from engine.error_rules import compile_error_rules
 from engine.health import Health
 from engine.ledger import Recorder
 from engine.limits import Gatekeeper

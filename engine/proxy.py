@@ -55,7 +55,15 @@ def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest, trip: Trip) -> di
 def _forwarded(gw: Gateway, response: httpx.Response) -> dict[str, str]:
     """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error."""
     wanted = gw.forward_headers.fullmatch
-    return {k: v for k, v in response.headers.items() if wanted(k)}
+    forwarded = {k: v for k, v in response.headers.items() if wanted(k)}
+    name = gw.specs.routes.headers.upstream_request_id
+    if name:
+        for source in gw.specs.routes.sanitize.request_id_headers:
+            value = response.headers.get(source)
+            if value:
+                forwarded[name] = value[:128]
+                break
+    return forwarded
 
 
 def _strip(gw: Gateway, doc: Any) -> Any:

@@ -14,8 +14,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.catalog import CompiledErrorRule, Provider
+from engine.catalog import Provider
+from engine.error_rules import CompiledErrorRule, answering
 from engine.errors import GatewayError, default_type, status_of
+from engine.spec.models import ErrorRule
 from engine.wires.base import UpstreamError
 
 REDACTED = "[redacted]"
@@ -26,39 +28,46 @@ class Sanitizer:
     provider: Provider
     rules: tuple[CompiledErrorRule, ...]
     redact: re.Pattern[str]
+    shared: dict[str, ErrorRule]  # the routes' rules by name, for `answer_as`
 
     @classmethod
     def build(cls, provider: Provider, shared_rules: Sequence[CompiledErrorRule], patterns: Sequence[str]) -> Sanitizer:
         literals = [provider.base_url, *([provider.api_key] if provider.api_key else [])]
         alternatives = [re.escape(s) for s in literals] + [f"(?:{p})" for p in patterns]
-        return cls(provider, (*provider.error_rules, *shared_rules), re.compile("|".join(alternatives)))
+        named = {c.rule.name: c.rule for c in shared_rules}
+        return cls(provider, (*provider.error_rules, *shared_rules), re.compile("|".join(alternatives)), named)
 
     def scrub(self, text: str) -> str:
         return self.redact.sub(REDACTED, text)
 
     def __call__(self, status: int | None, upstream: UpstreamError) -> GatewayError:
         """`status`: the upstream's HTTP error status, or None for an error reported in a 200 answer or stream."""
+        return self.explain(status, upstream)[0]
+
+    def explain(self, status: int | None, upstream: UpstreamError) -> tuple[GatewayError, str | None]:
+        """The client's error, and the name of the rule that decided it (None: the safe default)."""
         if status is None or status < 400:
             status = upstream.status or status_of(upstream.code, upstream.type)
-        error = {"message": upstream.message, "type": upstream.type, "code": upstream.code, "param": upstream.param}
         for compiled in self.rules:
-            if compiled.when.holds(status=status, error=error, provider=self.provider.id):
-                rule = compiled.rule
+            if compiled.holds(status, upstream, self.provider.id):
+                rule = answering(compiled.rule, self.shared)
                 status = rule.status or status
-                return GatewayError(
+                error = GatewayError(
                     status,
                     rule.message or self._message(upstream, status),
                     type=rule.type or upstream.type or default_type(status),
                     code=rule.code or upstream.code,
                     param=rule.param or upstream.param,
                 )
-        return GatewayError(
+                return error, compiled.rule.name  # the rule that matched (it may answer as a shared one)
+        error = GatewayError(
             status,
             self._message(upstream, status),
             type=upstream.type or default_type(status),
             code=upstream.code,
             param=upstream.param,
         )
+        return error, None
 
     def _message(self, upstream: UpstreamError, status: int) -> str:
         if upstream.message:

@@ -119,11 +119,26 @@ def _expressions(spec: ProviderSpec | RoutesSpec | ProfileSpec) -> Iterator[tupl
         for i, wire_rule in enumerate(spec.wire_rules):
             yield f"wire_rules[{i}].when", wire_rule.when, REQUEST_NAMES
     for i, error_rule in enumerate(spec.error_rules):
-        yield f"error_rules[{i}].when", error_rule.when, ERROR_NAMES
+        if error_rule.when:
+            yield f"error_rules[{i}].when", error_rule.when, ERROR_NAMES
+
+
+def _pattern_problems(path: Path, spec: ProviderSpec | RoutesSpec | ProfileSpec) -> list[str]:
+    problems = []
+    for i, rule in enumerate(spec.error_rules):
+        for j, match in enumerate(rule.match):
+            if match.message is None:
+                continue
+            try:
+                re.compile(match.message)
+            except re.error as exc:
+                key = f"error_rules[{i}].match[{j}].message"
+                problems.append(f"{path}: {key}: not a usable regular expression: {exc}")
+    return problems
 
 
 def _expression_problems(path: Path, spec: ProviderSpec | RoutesSpec | ProfileSpec) -> list[str]:
-    problems = []
+    problems = _pattern_problems(path, spec)
     for key, source, names in _expressions(spec):
         try:
             compile_expression(source, names)
@@ -299,6 +314,16 @@ def load_specs(root: Path) -> Specs:
         seen[spec.provider.id] = path
         providers.append(ProviderFile(path, spec))
 
+    if routes is not None:
+        shared = {rule.name for rule in routes.error_rules}
+        for provider in providers:
+            for i, rule in enumerate(provider.spec.error_rules):
+                if rule.answer_as is not None and rule.answer_as not in shared:
+                    known = ", ".join(sorted(shared))
+                    problems.append(
+                        f"{provider.path}: error_rules[{i}].answer_as: no routes.toml error rule"
+                        f" {rule.answer_as!r}; known: {known}"
+                    )
     if problems or routes is None:
         raise SpecError(problems)
     return Specs(root, routes, tuple(providers), tuple(facts.values()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Expression = Annotated[
     str,
@@ -67,17 +67,43 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- shared pieces
 
 
+class ErrorMatch(Strict):
+    """One way an upstream error can look. Every field given must hold; a list holds when any entry does."""
+
+    status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list,
+        description="The upstream status (for an error inside a 200 or a stream: the one it stands for).",
+    )
+    code: list[str] = Field(default_factory=list, description="`error.code`, compared without regard to case.")
+    type: list[str] = Field(default_factory=list, description="`error.type`, compared without regard to case.")
+    message: str | None = Field(default=None, description="A regular expression searched in the upstream message.")
+    has: list[str] = Field(
+        default_factory=list,
+        description="Key names found anywhere in the upstream error body, in any spelling: case, `_` and `-`"
+        " are ignored, so `inner_error` also matches `innererror` and `innerError`.",
+    )
+
+
 class ErrorRule(Strict):
     """Match an upstream error and replace what the client sees.
 
     The client always gets OpenAI's four-key error body; a rule decides its status, type, code, param
-    and message. Unset fields keep the upstream's (already redacted) value.
+    and message. Unset fields keep the upstream's (already redacted) value. A rule holds when its `when`
+    holds (if it has one) and one of its `match` entries does (if it has any).
     """
 
-    name: str = Field(description="Short identifier, shown in logs and `engine lower`.")
-    when: Expression = Field(
-        description="Condition over `status` (int), `error` (message/type/code/param of the upstream"
-        " error, normalized) and `provider` (id)."
+    name: str = Field(description="Short identifier, shown in logs and `engine lower --error`.")
+    why: str | None = Field(default=None, description="What upstream answer this is, and why it is rewritten.")
+    when: Expression | None = Field(
+        default=None,
+        description="Condition over `status` (int), `error` (message/type/code/param/keys of the upstream"
+        " error, normalized) and `provider` (id).",
+    )
+    match: list[ErrorMatch] = Field(default_factory=list, description="Alternatives; the rule needs one to hold.")
+    answer_as: str | None = Field(
+        default=None,
+        description="Answer as the routes.toml rule of this name does (its status, type, code, param and"
+        " message): a provider's rule recognizes its own shape of a shared error, such as `content-filter`.",
     )
     status: int | None = Field(default=None, ge=400, le=599, description="HTTP status for the client.")
     type: str | None = None
@@ -86,6 +112,18 @@ class ErrorRule(Strict):
     message: str | None = Field(
         default=None, description="Replaces the upstream message entirely (the sanitized text)."
     )
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> ErrorRule:
+        if self.when is None and not self.match:
+            raise ValueError("an error rule needs `when` or `match`")
+        if self.answer_as is not None and any(
+            v is not None for v in (self.status, self.type, self.code, self.param, self.message)
+        ):
+            raise ValueError(
+                "a rule with `answer_as` takes its answer from that rule: drop status/type/code/param/message"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- routes.toml
@@ -174,6 +212,12 @@ class DiagnosticHeaders(Strict):
         pattern=r"^[a-z0-9-]+$",
         description="When set, every proxied answer says how many upstream attempts it took (retries included).",
     )
+    upstream_request_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+$",
+        description="When set, the upstream's request id (the first of `sanitize.request_id_headers` it sent)"
+        " is passed on under this name, success or error, for support tickets: never in a body.",
+    )
     overhead: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9-]+$",
@@ -195,6 +239,10 @@ class Sanitize(Strict):
         default_factory=list,
         description="Regular expressions whose matches are replaced by `[redacted]` in upstream error"
         " messages (provider key shapes, signed URLs). Provider keys and base URLs are always redacted.",
+    )
+    request_id_headers: list[str] = Field(
+        default_factory=lambda: ["x-request-id", "apim-request-id"],
+        description="Upstream response headers that carry the upstream's request id, by preference.",
     )
     forward_headers: list[str] = Field(
         default_factory=list,

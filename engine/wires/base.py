@@ -156,6 +156,7 @@ class UpstreamError:
     code: str | None = None
     param: str | None = None
     status: int | None = None
+    keys: tuple[str, ...] = ()  # every key name in the error body, normalized by `key_name`
 
 
 class StreamBroken(Exception):
@@ -230,20 +231,51 @@ def error_from_doc(doc: Any) -> UpstreamError:
         doc = doc[0]
     if not isinstance(doc, dict):
         return UpstreamError(message="")
+    keys = key_names(doc)
     err = doc.get("error", doc)
     if isinstance(err, str):  # `{"error": "...", "code": ...}` (xAI and others)
-        return UpstreamError(message=err, code=_str(doc.get("code")), type=_str(doc.get("type")))
+        return UpstreamError(message=err, code=_code(doc.get("code")), type=_str(doc.get("type")), keys=keys)
     if not isinstance(err, dict):
-        return UpstreamError(message="")
+        return UpstreamError(message="", keys=keys)
     message = err.get("message") or err.get("detail") or ""
     if not isinstance(message, str):
         message = msgspec.json.encode(message).decode()
     return UpstreamError(
         message=message,
         type=_str(err.get("type")),
-        code=_str(err.get("code")),
+        code=_code(err.get("code")),
         param=_str(err.get("param")),
+        keys=keys,
     )
+
+
+def key_name(name: str) -> str:
+    """A key's name in every spelling at once: `inner_error`, `innerError`, `inner-error` → `innererror`."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def key_names(doc: Any, depth: int = 6) -> tuple[str, ...]:
+    """Every key name in an error body, lower-cased without `_` and `-`, for error rules' `has` (only error
+    bodies are walked, and only so deep: they are small)."""
+    found: set[str] = set()
+    stack = [(doc, 0)]
+    while stack:
+        node, level = stack.pop()
+        if level > depth:
+            continue
+        if isinstance(node, dict):
+            for key, value in node.items():
+                found.add(key_name(str(key)))
+                stack.append((value, level + 1))
+        elif isinstance(node, list):
+            stack.extend((item, level + 1) for item in node[:32])
+    return tuple(sorted(found))
+
+
+def _code(value: Any) -> str | None:
+    """An error code is an identifier; a bare number (OpenRouter's 403, Azure's "429") only repeats the status."""
+    code = _str(value)
+    return None if code is None or code.isdigit() else code
 
 
 def _str(value: Any) -> str | None:
