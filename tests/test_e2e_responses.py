@@ -178,7 +178,7 @@ def test_a_failed_response_mid_stream_becomes_an_error_event(http: httpx.Client,
         raw = response.read().decode()
     events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hal"}
-    assert events[-1]["error"]["code"] == "server_error"
+    assert events[-1]["error"]["code"] == "upstream_server_error"  # routes.toml: a 5xx keeps no upstream text
 
 
 # ------------------------------------------------------------------------------- /responses clients
