@@ -27,7 +27,7 @@ from engine.spec.loader import Specs, load_specs
 from engine.spec.models import ProviderSpec
 from engine.storage import REPO_ROOT, Database, open_database, open_limiter
 from engine.storage.base import Periods
-from engine.timeouts import Pool
+from engine.timeouts import Pool, Watchdog
 from engine.transport import AiohttpTransport, make_client
 
 
@@ -60,6 +60,7 @@ class Gateway:
     attempts: Policy  # routes.fallback: what runs after a failed upstream attempt
     pools: dict[str, Pool]  # each provider's own connections (`[pool]`, `timeouts.pool`)
     health: Health  # each provider's circuit breaker and recent error rate
+    watchdog: Watchdog  # checks the timeouts of every attempt in flight
 
     @classmethod
     def build(
@@ -97,6 +98,7 @@ class Gateway:
             attempts=Policy(routes.fallback),
             pools={p.id: _pool(p.spec, transport) for p in catalog.providers.values()},
             health=Health(routes.breaker, list(catalog.providers)),
+            watchdog=Watchdog(),
         )
 
     async def startup(self) -> None:

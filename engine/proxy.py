@@ -115,7 +115,7 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
         await pool.acquire(request)
     except PhaseTimeout as exc:
         raise _timed_out(upstream, exc.kind) from None
-    watch = Watch(timeouts, CALLER.get())
+    watch = Watch(timeouts, CALLER.get(), gw.watchdog)
     try:
         response: httpx.Response = await watched(watch, pool.client.send(request, stream=True))
     except BaseException as exc:
