@@ -120,6 +120,7 @@ class Gateway:
         await self.recorder.stop()
         await self.gatekeeper.close()
         await self.client.aclose()
+        await self.watchdog.close()
         for pool in self.pools.values():
             await pool.client.aclose()
         await self.database.close()

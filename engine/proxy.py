@@ -30,7 +30,7 @@ from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
 from engine.respond import JSONAnswer
 from engine.shapes.base import Renderer, Sanitize
-from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of, watched
+from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
 from engine.wires.sse import iter_events
 
@@ -111,19 +111,25 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
         extensions={"timeout": _timeout(timeouts.connect)},
     )
     pool = gw.pools[provider.id]
-    try:
-        await pool.acquire(request)
-    except PhaseTimeout as exc:
-        raise _timed_out(upstream, exc.kind) from None
+    if not pool.take():
+        try:
+            await pool.wait_for_slot(request)
+        except PhaseTimeout as exc:
+            raise _timed_out(upstream, exc.kind) from None
     watch = Watch(timeouts, CALLER.get(), gw.watchdog)
+    watch.begin()
     try:
-        response: httpx.Response = await watched(watch, pool.client.send(request, stream=True))
+        response = await pool.client.send(request, stream=True)
     except BaseException as exc:
+        watch.end(False)
         watch.stop()
         pool.release()
+        if isinstance(exc, asyncio.CancelledError) and (timeout := watch.timed_out()) is not None:
+            raise _send_failure(upstream, timeout) from None
         if isinstance(exc, httpx.TransportError):
             raise _send_failure(upstream, exc) from None
         raise
+    watch.end(False)
     if response.is_closed:  # the transport handed over a body already read (a test's MockTransport does)
         watch.stop()
         pool.release()

@@ -26,6 +26,8 @@ call, within a second, while fast requests never pay for a listener task.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import contextvars
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -152,30 +154,49 @@ CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("engine_c
 
 
 class Pool:
-    """A provider's own share of upstream connections: one slow provider cannot starve the others."""
+    """A provider's own share of upstream connections: one slow provider cannot starve the others.
+
+    A free slot is taken without awaiting anything (`take`); only a full pool queues, in arrival order,
+    for at most `wait` seconds (`wait_for_slot`)."""
 
     def __init__(self, client: httpx.AsyncClient, connections: int, wait: float) -> None:
         self.client = client
         self.size = connections
         self.wait = wait
-        self._slots = asyncio.Semaphore(connections)
+        self.in_use = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    @property
-    def in_use(self) -> int:
-        return self.size - self._slots._value
+    def take(self) -> bool:
+        if self.in_use < self.size and not self._waiters:
+            self.in_use += 1
+            return True
+        return False
 
-    async def acquire(self, request: httpx.Request) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: returns at once
-            return
+    async def wait_for_slot(self, request: httpx.Request) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
             async with asyncio.timeout(self.wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise PhaseTimeout(Kind.POOL_TIMEOUT, request) from None
+                await waiter  # `release` hands its slot over: in_use stays counted
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as the wait ended: pass it on
+            if isinstance(exc, TimeoutError):
+                raise PhaseTimeout(Kind.POOL_TIMEOUT, request) from None
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
 
     def release(self) -> None:
-        self._slots.release()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the next in line
+                return
+        self.in_use -= 1
 
 
 # ------------------------------------------------------------------------------------------- the watch
@@ -199,11 +220,20 @@ class Watchdog:
     def discard(self, watch: Watch) -> None:
         self._watches.discard(watch)
 
+    async def close(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._watches:
+            while True:
                 await asyncio.sleep(self.tick)
+                if not self._watches:
+                    return  # a whole tick with nothing in flight: the next attempt starts a new ticker
                 now = loop.time()
                 for watch in list(self._watches):
                     if watch.check(now):
@@ -299,20 +329,6 @@ class Watch:
 
     def stop(self) -> None:
         self._dog.discard(self)
-
-
-async def watched(watch: Watch, step: Awaitable[Any]) -> Any:
-    """Await one wait on the upstream under `watch` (sending, up to the response headers)."""
-    watch.begin()
-    try:
-        return await step
-    except asyncio.CancelledError:
-        timeout = watch.timed_out()
-        if timeout is None:
-            raise
-        raise timeout from None
-    finally:
-        watch.end(False)
 
 
 class WatchedStream(httpx.AsyncByteStream):

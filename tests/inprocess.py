@@ -273,6 +273,7 @@ class InProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.run(self._client.aclose())
+        self.run(self.gateway.watchdog.close())
         self.run(self.gateway.client.aclose())
         self.run(self.gateway.database.close())
         self.loop.close()
