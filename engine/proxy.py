@@ -28,7 +28,7 @@ from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
 from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
-from engine.respond import JSONAnswer
+from engine.respond import JSONAnswer, batched
 from engine.shapes.base import Renderer, Sanitize
 from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
@@ -208,7 +208,7 @@ async def _proxy(
         finally:
             timer.upstream += time.perf_counter() - began
         relay = _relay(gw, upstream, trip, response, items, renderer, sanitize)
-        return Stream(relay, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        return Stream(batched(relay), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
     if answer == "bytes":
         timer.upstream += time.perf_counter() - began
         for name in _BYTES_HEADERS:

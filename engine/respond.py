@@ -10,6 +10,9 @@ its own ASGI answer: Litestar sends it as it is.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from litestar import Request, Response
@@ -44,3 +47,72 @@ class JSONAnswer(Response[bytes]):
         await send(start)
         body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": self.content, "more_body": False}
         await send(body)
+
+
+async def batched(frames: AsyncIterator[bytes], most: int = 64) -> AsyncGenerator[bytes]:
+    """The frames of a relayed stream, joined: those produced while the previous write was under way go out
+    together, in one ASGI message and one socket write.
+
+    An upstream that is ahead of the client (a fast model, a backlog after a slow read) hands the relay one
+    read with many events; written one message each, a write per event was most of the cost of relaying it.
+    A task runs the frames ahead, up to `most` of them; whenever this generator is asked for more, it takes all
+    that are ready. The first frame goes out alone, as soon as it exists (time to first token), and a stream
+    whose events arrive one at a time is written one at a time, as before. Closing or cancelling this
+    generator (the client left) cancels the task, so the relay's own clean-up (closing the upstream, the
+    ledger row) runs as it did.
+    """
+    try:
+        first = await anext(frames)
+    except StopAsyncIteration:
+        return
+    yield first
+    pending: list[bytes] = []
+    ready, room = asyncio.Event(), asyncio.Event()
+    room.set()
+
+    async def ahead() -> None:
+        try:
+            async for frame in frames:
+                pending.append(frame)
+                ready.set()
+                if len(pending) >= most:
+                    room.clear()
+                    await room.wait()
+        finally:
+            ready.set()
+
+    task = asyncio.ensure_future(ahead())
+    try:
+        while True:
+            if not pending and not task.done():
+                await ready.wait()
+            ready.clear()
+            if pending:
+                joined = b"".join(pending)
+                pending.clear()
+                room.set()
+                yield joined
+            elif task.done():
+                task.result()  # the relay's own exception, if it raised one
+                return
+    finally:
+        if not task.done() or isinstance(frames, AsyncGenerator):
+            # The client left (Litestar cancels the writer) or the stream was closed: stop the task, then close
+            # the relay itself, whose clean-up closes the upstream. A task parked on `room` never reaches the
+            # relay's own awaits, so the relay would otherwise wait for the garbage collector; and the writer's
+            # cancelled scope would interrupt awaits here, so the clean-up runs as a task of its own.
+            cleanup = asyncio.ensure_future(_stop(task, frames))
+            _CLEANUPS.add(cleanup)
+            cleanup.add_done_callback(_CLEANUPS.discard)
+
+
+_CLEANUPS: set[asyncio.Future[None]] = set()  # strong references until they finish
+
+
+async def _stop(task: asyncio.Future[None], frames: AsyncIterator[bytes]) -> None:
+    task.cancel()
+    # The task's own failure, if any, already reached the writer (or no one is left to tell).
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+    if isinstance(frames, AsyncGenerator):
+        await frames.aclose()

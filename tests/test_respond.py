@@ -1,0 +1,94 @@
+"""Relayed streams are written in batches: what is ready goes out together, in order, and nothing else changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from engine.respond import batched
+
+
+def collect(frames: AsyncIterator[bytes]) -> list[bytes]:
+    async def run() -> list[bytes]:
+        return [chunk async for chunk in batched(frames)]
+
+    return asyncio.run(run())
+
+
+async def frames_of(*groups: list[bytes]) -> AsyncIterator[bytes]:
+    """Frames in groups: those of one group are ready at once (one upstream read), groups arrive apart."""
+    for group in groups:
+        for frame in group:
+            yield frame
+        await asyncio.sleep(0.01)
+
+
+def test_the_first_frame_goes_out_alone_and_ready_frames_together_in_order() -> None:
+    out = collect(frames_of([b"a", b"b", b"c"], [b"d", b"e"], [b"f"]))
+    assert out[0] == b"a", "the first frame is not held back for the ones behind it"
+    assert b"".join(out) == b"abcdef"
+    assert out == [b"a", b"bc", b"de", b"f"]
+
+
+def test_a_stream_arriving_one_frame_at_a_time_is_written_one_at_a_time() -> None:
+    assert collect(frames_of([b"a"], [b"b"], [b"c"])) == [b"a", b"b", b"c"]
+
+
+def test_an_empty_stream_writes_nothing() -> None:
+    assert collect(frames_of()) == []
+
+
+def test_the_relays_own_exception_reaches_the_writer() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"a"
+        yield b"b"
+        raise RuntimeError("relay failed")
+
+    with pytest.raises(RuntimeError, match="relay failed"):
+        collect(failing())
+
+
+def test_closing_the_stream_cancels_the_relay_and_runs_its_clean_up() -> None:
+    """The client left: the relay must stop reading the upstream and close it, as without batching."""
+    cleaned = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            yield b"a"
+            yield b"b"
+            await asyncio.Event().wait()  # an upstream that never sends more
+            yield b"never"
+        finally:
+            cleaned.set()
+
+    async def run() -> list[bytes]:
+        stream = batched(endless())
+        got = [await anext(stream), await anext(stream)]
+        await stream.aclose()
+        await asyncio.wait_for(cleaned.wait(), timeout=5)
+        return got
+
+    assert asyncio.run(run()) == [b"a", b"b"]
+
+
+def test_a_writer_far_behind_holds_the_relay_at_a_bounded_backlog() -> None:
+    pulled = 0
+
+    async def fast() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(1000):
+            pulled += 1
+            yield b"x"
+
+    async def run() -> int:
+        stream = batched(fast(), most=64)
+        await anext(stream)
+        await asyncio.sleep(0.05)  # the writer is busy; the relay runs ahead, but only so far
+        ahead = pulled
+        rest = [chunk async for chunk in stream]
+        assert sum(len(c) for c in rest) == 999
+        return ahead
+
+    assert asyncio.run(run()) <= 1 + 64 + 1
