@@ -150,12 +150,12 @@ def test_responses_api_tool_loop_keeps_thought_signatures(sdk: openai.OpenAI, ge
     assert_signatures_survive(gemini)
 
 
-def run_vercel_loop(gateway: Gateway, model: str, mode: str) -> dict[str, Any]:
+def run_vercel_loop(gateway: Gateway, model: str, mode: str, api: str) -> dict[str, Any]:
     node = shutil.which("node")
     assert node, "node is required for the Vercel AI SDK test (see the Makefile)"
     assert (CLIENT / "node_modules" / "ai").is_dir(), "run `make test` (npm ci in tests/clients/vercel_ai_sdk)"
     result = subprocess.run(
-        [node, str(CLIENT / "tool_loop.mjs"), gateway.url, gateway.key, model, mode],
+        [node, str(CLIENT / "tool_loop.mjs"), gateway.url, gateway.key, model, mode, api],
         capture_output=True,
         text=True,
         timeout=90,
@@ -164,9 +164,10 @@ def run_vercel_loop(gateway: Gateway, model: str, mode: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("mode", ["generate", "stream"])
-def test_vercel_ai_sdk_tool_loop_keeps_thought_signatures(gateway: Gateway, gemini: Fake, mode: str) -> None:
-    seen = run_vercel_loop(gateway, "google/gemini-3-flash", mode)
+def test_vercel_ai_sdk_tool_loop_keeps_thought_signatures(gateway: Gateway, gemini: Fake, mode: str, api: str) -> None:
+    seen = run_vercel_loop(gateway, "google/gemini-3-flash", mode, api)
     assert [t["errors"] for t in seen["turns"]] == [[], []]
     assert seen["executed"] == ["Oslo", "Bergen", "Oslo"]
     assert all(t["text"].startswith("The tool said:") for t in seen["turns"])

@@ -1,12 +1,19 @@
 // A multi-turn tool loop run by the Vercel AI SDK itself (openai-compatible provider, as OpenCode uses
 // it): the SDK executes the tool and sends the next turn, echoing each earlier tool call with only its
 // `id`, `type` and `function`. Two user turns, so the second turn replays the first turn's calls.
-// Usage: node tool_loop.mjs BASE_URL KEY MODEL stream|generate
+// With API `responses` the SDK's own OpenAI provider drives /responses instead (stateless: store false,
+// so earlier calls come back as function_call items with their call_id).
+// Usage: node tool_loop.mjs BASE_URL KEY MODEL stream|generate [chat|responses]
+import { createOpenAI } from '@ai-sdk/openai';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
 import { generateText, jsonSchema, stepCountIs, streamText, tool } from 'ai';
 
-const [baseURL, apiKey, model, mode] = process.argv.slice(2);
-const provider = createOpenAICompatible({ name: 'compose', baseURL, apiKey, includeUsage: true });
+const [baseURL, apiKey, model, mode, api = 'chat'] = process.argv.slice(2);
+const provider =
+  api === 'responses'
+    ? createOpenAI({ baseURL, apiKey }).responses
+    : createOpenAICompatible({ name: 'compose', baseURL, apiKey, includeUsage: true });
+const providerOptions = api === 'responses' ? { openai: { store: false } } : undefined;
 const executed = [];
 const tools = {
   get_weather: tool({
@@ -20,7 +27,9 @@ const tools = {
 };
 
 async function turn(messages) {
-  const options = { model: provider(model), messages, tools, stopWhen: stepCountIs(4), maxOutputTokens: 200 };
+  const options = {
+    model: provider(model), messages, tools, stopWhen: stepCountIs(4), maxOutputTokens: 200, providerOptions,
+  };
   if (mode === 'stream') {
     const errors = [];
     const result = streamText({ ...options, onError: ({ error }) => errors.push(String(error)) });
