@@ -61,6 +61,18 @@ def content_chunk(text: str, model: str = "gpt-4.1") -> dict[str, Any]:
     }
 
 
+def completion(prompt: int = 12, completion: int = 7) -> dict[str, Any]:
+    """A whole chat completion as an upstream answers it, with its usage (for scripted upstream answers)."""
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4.1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+    }
+
+
 @pytest.fixture(scope="session")
 def fake() -> Any:
     from tests.servers import run_fake

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from engine.storage import UsageRow, open_database
-from tests.conftest import PROVIDER_KEY, content_chunk
+from tests.conftest import PROVIDER_KEY, completion, content_chunk
 
 CHAT = "/external/v1/chat/completions"
 RESPONSES = "/external/v1/responses"
@@ -124,7 +124,7 @@ def test_sigterm_during_load_loses_no_rows(fake: Any, tmp_path_factory: pytest.T
     env = {"OPENAI_API_KEY": PROVIDER_KEY, "OPENAI_BASE_URL": fake.url}
     with run_gateway(tmp_path_factory.mktemp("sigterm"), env) as gw:
         fake.reset()
-        fake.script(*[{"json": _completion(), "delay": 0.3}] * 40)
+        fake.script(*[{"json": completion(3, 1), "delay": 0.3}] * 40)
 
         def call(_: int) -> str | None:
             try:
@@ -150,17 +150,6 @@ def test_sigterm_during_load_loses_no_rows(fake: Any, tmp_path_factory: pytest.T
     assert len(served) >= 8, (served, gw.log.read_text()[-3000:])
     rows = ledger_rows(gw.env, served, timeout=0)
     assert sorted(rows) == sorted(served), "every answered request has its row after SIGTERM"
-
-
-def _completion() -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4.1",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    }
 
 
 def test_engine_usage_reports_per_key_model_provider_and_day(gateway: Any, http: httpx.Client) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from engine.storage import open_database
-from tests.conftest import create_key
+from tests.conftest import completion, create_key
 
 CHAT = "/external/v1/chat/completions"
 BODY = {"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -47,7 +47,7 @@ def test_over_the_rate_a_key_gets_429_naming_the_limit_until_updated(gateway: An
 
 def test_concurrent_requests_beyond_the_limit_are_refused_never_queued(gateway: Any, upstream: Any) -> None:
     key = new_key(gateway, "conc-2", concurrent=2)
-    slow = {"json": _completion(), "delay": 3.0}  # long enough that all 8 arrive while 2 are held, under load
+    slow = {"json": completion(), "delay": 3.0}  # long enough that all 8 arrive while 2 are held, under load
     upstream.script(*[slow] * 8)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = sorted(r.status_code for r in pool.map(lambda _: post(gateway, key), range(8)))
@@ -97,7 +97,7 @@ def test_receipts_come_only_where_the_route_asks(gateway: Any, upstream: Any) ->
     streamed_receipt = json.loads(data.removeprefix("data: "))["compose_receipt"]
     assert streamed_receipt["request_id"] == streamed.headers["x-request-id"]
     assert streamed_receipt["usage"]["completion_tokens"] > 0 and streamed_receipt["cost_usd"] > 0
-    upstream.script({"json": _completion() | {"compose_receipt": {"forged": True}}})
+    upstream.script({"json": completion() | {"compose_receipt": {"forged": True}}})
     external = post(gateway, gateway.key)
     assert "compose_receipt" not in external.json(), "external routes strip it, even when an upstream sends one"
 
@@ -109,14 +109,3 @@ async def _keys(db_url: str) -> list[Any]:
         return list(await db.list_keys())
     finally:
         await db.close()
-
-
-def _completion() -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4.1",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
-    }

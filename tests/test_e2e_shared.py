@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PROVIDER_KEY, create_key, fresh_postgres
+from tests.conftest import PROVIDER_KEY, completion, create_key, fresh_postgres
 from tests.test_e2e_ledger import ledger_rows
 
 BODY = {"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -52,7 +52,7 @@ def test_a_rate_limit_holds_across_both_instances(pair: Any, upstream: Any) -> N
 
 def test_concurrency_holds_across_both_instances(pair: Any, upstream: Any) -> None:
     key = create_key(pair[0].env["ENGINE_DB"], "shared-conc", concurrent=3)
-    upstream.script(*[{"json": _completion(), "delay": 3.0}] * 10)  # all 10 arrive while 3 are held
+    upstream.script(*[{"json": completion(), "delay": 3.0}] * 10)  # all 10 arrive while 3 are held
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda i: post(pair[i % 2], key), range(10)))
     admitted = [r.status_code for r in answers].count(200)
@@ -81,14 +81,3 @@ def test_a_key_revoked_on_one_instance_is_refused_by_both(pair: Any) -> None:
     assert revoked.returncode == 0, revoked.stderr
     time.sleep(1.1)  # key_cache_seconds
     assert (post(a, key).status_code, post(b, key).status_code) == (401, 401)
-
-
-def _completion() -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4.1",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
-    }
