@@ -85,10 +85,18 @@ def median_us(work: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times) * 1e6
 
 
+class _Answer(httpx.AsyncByteStream):
+    """The answer as a stream, as the real transport gives it. A `content=` Response is read and closed at
+    birth, so closing it later never reaches the stream the gateway wraps, and its pool slot is never freed."""
+
+    async def __aiter__(self) -> Any:
+        yield ANSWER
+
+
 def build(workdir: Path) -> tuple[Gateway, Any]:
     os.environ.update({"OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": "http://upstream.invalid/v1"})
     transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
+        lambda request: httpx.Response(200, stream=_Answer(), headers={"content-type": "application/json"})
     )
     gw = Gateway.build(REPO / "specs", f"sqlite:///{workdir / 'engine.sqlite3'}", transport)
     return gw, build_app(gw)
