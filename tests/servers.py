@@ -111,15 +111,21 @@ NO_BREAKER = "\n[breaker]\nfailures = 1000\n"
 
 @contextlib.contextmanager
 def run_gateway(
-    tmp: Path, provider_env: dict[str, str], key_name: str = "e2e", breaker: str = NO_BREAKER
+    tmp: Path,
+    provider_env: dict[str, str],
+    key_name: str = "e2e",
+    breaker: str = NO_BREAKER,
+    extra_providers: dict[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """`engine serve` on a free port with the shipped specs plus the test-only providers, and a key named
     `key_name` (`provider_env` may also name the database: ENGINE_DB, ENGINE_REDIS). `breaker` is appended
-    to routes.toml."""
+    to routes.toml; `extra_providers` (file name → TOML text) are written beside the shipped specs."""
     specs = tmp / "specs"
     shutil.copytree(REPO / "specs", specs)
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
         shutil.copy(extra, specs / "providers" / extra.name)
+    for name, text in (extra_providers or {}).items():
+        (specs / "providers" / name).write_text(text)
     routes = (specs / "routes.toml").read_text()  # write usage quickly, so tests can read it back
     assert "flush_seconds = 1.0" in routes
     routes = routes.replace("flush_seconds = 1.0", "flush_seconds = 0.2", 1)
