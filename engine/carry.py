@@ -106,8 +106,18 @@ def pack(call_id: str, owner: str, state: bytes, backend: str = "i") -> str:
     return f"{MAGIC}{owner}-{backend}{len(token)}-{token}{call_id}"
 
 
-def unpack(call_id: Any) -> Carried | None:
-    """The envelope in `call_id`, or None for an ordinary id (or anything that is not a string)."""
+@dataclass(frozen=True)
+class Envelope:
+    """An envelope's parts, before its token is decoded (a stored backend fetches tokens in bulk first)."""
+
+    owner: str
+    backend: str
+    token: str
+    id: str  # the original tool-call id
+
+
+def parse(call_id: Any) -> Envelope | None:
+    """The envelope in `call_id`, undecoded, or None for an ordinary id (or anything not a string)."""
     if not isinstance(call_id, str) or not call_id.startswith(MAGIC):
         return None
     match = _ENVELOPE.match(call_id)
@@ -117,9 +127,17 @@ def unpack(call_id: Any) -> Carried | None:
     token, original = call_id[start : start + length], call_id[start + length :]
     if len(token) != length or not original:
         return None
-    backend = BACKENDS.get(match["backend"])
-    state = backend.decode(match["owner"], token) if backend is not None else None
-    return Carried(original, match["owner"], state)
+    return Envelope(match["owner"], match["backend"], token, original)
+
+
+def unpack(call_id: Any) -> Carried | None:
+    """The envelope in `call_id`, or None for an ordinary id (or anything that is not a string)."""
+    envelope = parse(call_id)
+    if envelope is None:
+        return None
+    backend = BACKENDS.get(envelope.backend)
+    state = backend.decode(envelope.owner, envelope.token) if backend is not None else None
+    return Carried(envelope.id, envelope.owner, state)
 
 
 @dataclass
@@ -159,6 +177,16 @@ def _ids_in_responses(items: Any) -> Iterator[tuple[dict[str, Any], str]]:
     for item in items if isinstance(items, list) else ():
         if isinstance(item, dict) and "call_id" in item:
             yield item, "call_id"
+
+
+def packed_ids(body: dict[str, Any]) -> Iterator[str]:
+    """Every packed id a chat (`messages`) or Responses (`input`) request carries."""
+    for key, places in (("messages", _ids_in_chat), ("input", _ids_in_responses)):
+        items = body.get(key)
+        if isinstance(items, list) and _mentions_envelope(items):
+            for holder, name in places(items):
+                if isinstance(holder[name], str) and holder[name].startswith(MAGIC):
+                    yield holder[name]
 
 
 def unpack_chat(body: dict[str, Any], owner: str | None) -> Unpacked:

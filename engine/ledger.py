@@ -43,9 +43,11 @@ def cost_of(usage: Usage, price: Price | None) -> float:
     if price is None:
         return 0.0
     cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input is not None else 0
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached) if price.cache_write is not None else 0
     per_million = (
-        (usage.prompt_tokens - cached) * price.input
+        (usage.prompt_tokens - cached - written) * price.input
         + cached * (price.cached_input or 0.0)
+        + written * (price.cache_write or 0.0)
         + usage.completion_tokens * price.output
         + usage.characters * (price.character or 0.0)
     )

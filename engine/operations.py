@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from litestar import Request, Response
 
-from engine import attempts
+from engine import attempts, carry_store
 from engine.catalog import Candidate, check_capabilities
 from engine.documents import health, models_list, models_retrieve
 from engine.errors import GatewayError, invalid_request, not_implemented
@@ -144,6 +144,7 @@ def by_model(row: OperationRow, receipt: bool = False) -> Handler:
         body = await _parse(row, request)
         if validate is not None:
             validate(body)
+        await carry_store.enter(gw.database, key.id, body, gw.specs.routes.gateway.carry_ttl_seconds)
         ctx = gw.context
 
         def prepared(candidate: Candidate) -> Callable[[], tuple[UpstreamRequest, Renderer]]:

@@ -23,6 +23,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from engine import carry_store
 from engine.answers import AnswerRefused
 from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
@@ -234,6 +235,7 @@ async def _proxy(
     raised = wire.raise_json(doc, call)
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
         raise _upstream_error(gw, upstream, response, sanitize, None, raised)
+    await carry_store.flush()  # state packed into the answer's ids is stored before the client can use them
     answer_doc = _strip(gw, renderer.json(raised, call))
     if upstream.settle is not None:
         await upstream.settle(call, answer_doc)
@@ -304,7 +306,7 @@ async def _committed(
     answers = upstream.candidate.provider.answers
     if answers is not None:
         events = answers.events(events)
-    items = _stripped(gw, upstream.choice.wire.raise_stream(events, upstream.call), trip)
+    items = _stripped(gw, carry_store.flushing(upstream.choice.wire.raise_stream(events, upstream.call)), trip)
     try:
         first = await anext(items)
     except StopAsyncIteration:

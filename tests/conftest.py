@@ -103,6 +103,8 @@ def gateway(fake: Any, gemini_fake: Any, tmp_path_factory: pytest.TempPathFactor
         "SLOWPOKE_BASE_URL": fake.url,
         "NOWHERE_API_KEY": "sk-nowhere-000000",
         "GROQ_API_KEY": "gsk-test-000000000000",
+        "ANTHROPIC_API_KEY": "sk-ant-test-000000000000",
+        "ANTHROPIC_BASE_URL": fake.url,
         "GROQ_BASE_URL": fake.url,
         "OPENROUTER_API_KEY": "sk-or-test-000000000000",
         "OPENROUTER_BASE_URL": fake.url,

@@ -2,8 +2,8 @@
 tests/responses/<wire>/ → what the gateway's clients receive, one snapshot file per recorded answer.
 
 For each answer the snapshot shows the canonical chat result (what /chat/completions clients get, with
-and without the usage chunk requested), the usage metered, and, for chat-speaking wires, the same answer
-rendered for /responses clients. Responses-wire recordings also show the native passthrough.
+and without the usage chunk requested), the usage metered, and, for wires without a passthrough, the same answer
+rendered for /responses clients. Wires with a native passthrough (Responses) show that instead.
 """
 
 from __future__ import annotations

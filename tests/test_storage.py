@@ -14,6 +14,7 @@ from engine.ledger import cost_of
 from engine.spec.models import Price
 from engine.storage import StoreError, UsageRow, open_database
 from engine.storage.base import verify
+from engine.storage.sqlite import MIGRATIONS
 from engine.usage_report import grouped
 from engine.wires.base import Usage
 
@@ -124,7 +125,7 @@ async def test_a_database_from_before_versioning_is_migrated(tmp_path: Path) -> 
         finally:
             await db.close()
     with sqlite3.connect(path) as migrated:
-        assert migrated.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert migrated.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_cost_comes_from_catalog_prices_per_million_tokens() -> None:

@@ -27,9 +27,12 @@ _decode = msgspec.json.decode
 def responses_usage(usage: Usage | None) -> JSON | None:
     if usage is None:
         return None
+    input_details = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_write_tokens:
+        input_details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": input_details,
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,

@@ -145,6 +145,12 @@ class Gateway(Strict):
         description="Request header in which a client gives its own deadline, in milliseconds from now: it"
         " bounds all upstream attempts together (retries and fallbacks included).",
     )
+    carry_ttl_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How long provider state carried across turns by reference (Anthropic's thinking blocks) is"
+        " kept for the client's next turn.",
+    )
 
 
 class LedgerPolicy(Strict):
@@ -165,6 +171,12 @@ class LedgerPolicy(Strict):
         ge=1,
         description="Raw rows older than this many days are rolled up into daily aggregates per key, model,"
         " provider and operation, and deleted.",
+    )
+    carry_ttl_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How long provider state carried across turns by reference (Anthropic's thinking blocks) is"
+        " kept for the client's next turn.",
     )
 
 
@@ -532,7 +544,10 @@ class Price(Strict):
 
     input: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
     output: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
-    cached_input: float | None = Field(default=None, ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="USD per million prompt-cache reads.")
+    cache_write: float | None = Field(
+        default=None, ge=0, description="USD per million prompt-cache writes (Anthropic bills them above input)."
+    )
     image: float | None = Field(default=None, ge=0, description="USD per generated image.")
     character: float | None = Field(default=None, ge=0, description="USD per million input characters (speech).")
     audio_second: float | None = Field(default=None, ge=0, description="USD per second of input audio.")

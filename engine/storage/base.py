@@ -1,4 +1,4 @@
-"""What the gateway keeps, as small async interfaces: gateway keys and the usage ledger.
+"""What the gateway keeps, as small async interfaces: gateway keys, the usage ledger, carried state.
 
 One implementation per database sits next to this module (`sqlite.py`, `postgres.py`); `open_database`
 in `__init__` picks one from `ENGINE_DB`. The request path never waits on them: keys are cached by
@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -268,7 +268,20 @@ class Limiter(Protocol):
     async def close(self) -> None: ...
 
 
-class Database(KeyStore, Ledger, Protocol):
+class CarryStore(Protocol):
+    """Provider state carried across turns by reference (`engine.carry_store`): Anthropic's signed thinking
+    blocks, too big for a tool-call id. Scoped to the gateway key that earned them, kept until `expires_at`."""
+
+    async def put_carried(self, key_id: str, states: Mapping[str, bytes], expires_at: float) -> None:
+        """Keep each reference → state for this key (replacing one already kept); drop expired ones."""
+        ...
+
+    async def get_carried(self, key_id: str, refs: Collection[str], now: float) -> dict[str, bytes]:
+        """The states of those references this key has kept and that have not expired at `now`."""
+        ...
+
+
+class Database(KeyStore, Ledger, CarryStore, Protocol):
     url: str
 
     async def open(self) -> None:

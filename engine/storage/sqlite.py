@@ -11,7 +11,7 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,6 +111,16 @@ MIGRATIONS: tuple[str, ...] = (
                reasoning_tokens, cached_tokens, NULL, cost_usd
         FROM usage;
     DROP TABLE usage;
+    """,
+    """
+    CREATE TABLE carry_state (
+        key_id TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        state BLOB NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (key_id, ref)
+    );
+    CREATE INDEX carry_state_expiry ON carry_state (expires_at);
     """,
 )
 
@@ -306,3 +316,22 @@ class SqliteDatabase:
                      UNION ALL SELECT key_id, cost_usd FROM usage_daily WHERE day >= ?
                  ) GROUP BY key_id"""
         return self.db.execute(sql, (ts, day)).fetchall()
+
+    # ------------------------------------------------------------------ carried state
+
+    async def put_carried(self, key_id: str, states: Mapping[str, bytes], expires_at: float) -> None:
+        rows = [(key_id, ref, state, expires_at) for ref, state in states.items()]
+        await self._run(self._put_carried, rows, time.time())
+
+    def _put_carried(self, rows: list[tuple[str, str, bytes, float]], now: float) -> None:
+        with self._transaction():
+            self.db.execute("DELETE FROM carry_state WHERE expires_at < ?", (now,))
+            self.db.executemany("INSERT OR REPLACE INTO carry_state VALUES (?, ?, ?, ?)", rows)
+
+    async def get_carried(self, key_id: str, refs: Collection[str], now: float) -> dict[str, bytes]:
+        if not refs:
+            return {}
+        marks = ",".join("?" * len(refs))
+        sql = f"SELECT ref, state FROM carry_state WHERE key_id = ? AND expires_at >= ? AND ref IN ({marks})"
+        found = await self._run(self._fetchall, sql, (key_id, now, *refs))
+        return {ref: bytes(state) for ref, state in found}

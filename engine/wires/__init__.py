@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from engine.wires.anthropic_messages import AnthropicMessagesWire
 from engine.wires.base import Wire
 from engine.wires.gemini import GeminiWire
 from engine.wires.openai_chat import OpenAIChatWire
 from engine.wires.openai_responses import OpenAIResponsesWire
 
-WIRES: dict[str, Wire] = {wire.name: wire for wire in (OpenAIChatWire(), OpenAIResponsesWire(), GeminiWire())}
+WIRES: dict[str, Wire] = {
+    wire.name: wire for wire in (OpenAIChatWire(), OpenAIResponsesWire(), GeminiWire(), AnthropicMessagesWire())
+}

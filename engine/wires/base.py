@@ -23,6 +23,7 @@ StreamItem = bytes | JSON  # a chunk: pre-encoded JSON when passed through untou
 
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
 UNIT_FIELDS = ("images", "characters", "audio_seconds", "video_seconds")
+SHOWN_WHEN_USED = ("cache_write_tokens", *UNIT_FIELDS)
 
 
 @dataclass(slots=True)
@@ -34,12 +35,13 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache
     reasoning_tokens: int = 0
     images: int = 0  # images generated
     characters: int = 0  # characters of text turned into speech
     audio_seconds: float = 0.0  # seconds of audio transcribed
     video_seconds: float = 0.0  # seconds of video generated
+    cache_write_tokens: int = 0  # prompt tokens written to the prompt cache (Anthropic bills them apart)
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
@@ -51,11 +53,12 @@ class Usage:
         self.characters += other.characters
         self.audio_seconds += other.audio_seconds
         self.video_seconds += other.video_seconds
+        self.cache_write_tokens += other.cache_write_tokens
 
     def shown(self) -> dict[str, int | float]:
         """The counts as a document (logs, receipts, snapshots): tokens always, other units when used."""
         doc: dict[str, int | float] = {name: getattr(self, name) for name in TOKEN_FIELDS}
-        doc.update({name: value for name in UNIT_FIELDS if (value := getattr(self, name))})
+        doc.update({name: value for name in SHOWN_WHEN_USED if (value := getattr(self, name))})
         return doc
 
     @classmethod
@@ -72,16 +75,30 @@ class Usage:
             total_tokens=_int(usage.get("total_tokens")) or prompt + completion,
             cached_tokens=_int(prompt_details.get("cached_tokens")),
             reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+            cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
         )
 
 
+# Chat fields that change what the answer is and that other wires have no way to carry: a codec for such a
+# wire refuses them (with its own additions) rather than ignore them.
+UNCARRIED_CHAT_FIELDS = {
+    "audio": "audio output",
+    "modalities": "output modalities",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search options",
+}
+
+
 def chat_usage(usage: Usage) -> dict[str, Any]:
-    """A Usage in the Chat Completions shape."""
+    """A Usage in the Chat Completions shape; the prompt-cache write count only when there is one."""
+    prompt_details: dict[str, int] = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_write_tokens:
+        prompt_details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

@@ -17,6 +17,7 @@ import msgspec
 from engine.errors import GatewayError
 from engine.wires.base import (
     JSON,
+    UNCARRIED_CHAT_FIELDS,
     Call,
     ChunkWriter,
     Lowered,
@@ -47,13 +48,7 @@ _DROPPED = frozenset(
         "functions",
     }
 )
-_REFUSED = {
-    "stop": "stop sequences",
-    "audio": "audio output",
-    "modalities": "output modalities",
-    "prediction": "predicted outputs",
-    "web_search_options": "web search options",
-}
+_REFUSED = {"stop": "stop sequences", **UNCARRIED_CHAT_FIELDS}
 # Chat fields renamed or reshaped by `lower`; everything else passes through as the client sent it.
 _RESHAPED = frozenset(
     {

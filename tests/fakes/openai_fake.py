@@ -1,6 +1,7 @@
 """A local upstream that speaks OpenAI's Chat Completions and Responses wires, for tests and benchmarks.
 
-It answers like OpenAI does (chat: JSON or SSE with `[DONE]`, the usage chunk only when asked, tool
+It also serves Anthropic's Messages wire at `/v1/messages` (tests/fakes/anthropic_fake.py). It answers
+like OpenAI does (chat: JSON or SSE with `[DONE]`, the usage chunk only when asked, tool
 calls split over several chunks with `id` and `name` in the first; responses: output items and named
 events ending in `response.completed`) and records every request it receives. It also refuses what
 OpenAI refuses where the gateway must route around it: function tools with reasoning on gpt-5.x chat,
@@ -34,6 +35,8 @@ from collections import deque
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes import anthropic_fake
 
 CREATED = 1760000000
 FIXED_REPLY = "Hello from the fake upstream."
@@ -380,6 +383,8 @@ class Fake:
             )
         if self.script:
             return await self._scripted(request, self.script.popleft())
+        if request.path.endswith("/messages"):
+            return await self._anthropic(request, body)
         if request.path.endswith("/responses"):
             refusal = responses_refusal(body)
             if refusal:
@@ -393,6 +398,14 @@ class Fake:
         if body.get("stream"):
             return await self._stream(request, [json.dumps(c) for c in stream_chunks(body)] + ["[DONE]"])
         return web.json_response(completion(body))
+
+    async def _anthropic(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        refused = anthropic_fake.refusal(dict(request.headers), body)
+        if refused:
+            return web.json_response(refused[1], status=refused[0])
+        if body.get("stream"):
+            return await self._stream(request, anthropic_fake.events(body))
+        return web.json_response(anthropic_fake.message(body))
 
     async def _scripted(self, request: web.Request, step: dict[str, Any]) -> web.StreamResponse:
         if step.get("delay"):
@@ -492,6 +505,7 @@ def make_app(record: bool = True) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/v1/responses", fake.chat)
+    app.router.add_post("/v1/messages", fake.chat)  # Anthropic's Messages wire: tests/fakes/anthropic_fake.py
     add_control_routes(app, fake)
     return app
 
