@@ -5,7 +5,11 @@ nothing, and the codec then serves the turn without it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from engine import carry, carry_store
 from engine.storage.sqlite import SqliteDatabase
@@ -13,19 +17,15 @@ from engine.storage.sqlite import SqliteDatabase
 BLOCKS = b'[{"type":"thinking","thinking":"...","signature":"sig"}]'
 
 
-def test_the_database_keeps_state_per_key_until_it_expires(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db = SqliteDatabase(tmp_path / "engine.sqlite3")
-        await db.open()
-        try:
-            await db.put_carried("key-a", {"ref1": BLOCKS}, expires_at=1000.0)
-            assert await db.get_carried("key-a", ["ref1", "unknown"], now=999.0) == {"ref1": BLOCKS}
-            assert await db.get_carried("key-b", ["ref1"], now=999.0) == {}, "another key reads nothing"
-            assert await db.get_carried("key-a", ["ref1"], now=1000.5) == {}, "expired"
-        finally:
-            await db.close()
-
-    asyncio.run(scenario())
+@pytest.mark.anyio
+async def test_the_database_keeps_state_per_key_until_it_expires(database: Any) -> None:
+    later = time.time() + 3600  # not purged by the put (which drops rows expired by the wall clock)
+    await database.put_carried("key-a", {"ref1": BLOCKS}, expires_at=later)
+    assert await database.get_carried("key-a", ["ref1", "unknown"], now=later - 1) == {"ref1": BLOCKS}
+    assert await database.get_carried("key-b", ["ref1"], now=later - 1) == {}, "another key reads nothing"
+    assert await database.get_carried("key-a", ["ref1"], now=later + 1) == {}, "expired"
+    await database.put_carried("key-a", {"ref1": b"replaced"}, expires_at=later)
+    assert await database.get_carried("key-a", ["ref1"], now=later - 1) == {"ref1": b"replaced"}
 
 
 def test_a_request_scope_packs_by_reference_and_finds_it_again_next_turn(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ never fold the same rows twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -87,6 +87,16 @@ MIGRATIONS: tuple[str, ...] = (
         cost_usd DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (day, key_id, public_model, provider, upstream_model, operation)
     );
+    """,
+    """
+    CREATE TABLE carry_state (
+        key_id TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        state BYTEA NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (key_id, ref)
+    );
+    CREATE INDEX carry_state_expiry ON carry_state (expires_at);
     """,
 )
 
@@ -236,3 +246,26 @@ class PostgresDatabase:
         else:
             rows = await self.pool.fetch(f"SELECT {_ROW_COLUMNS} FROM requests ORDER BY ts DESC LIMIT $1", limit)
         return [usage_row(tuple(row)) for row in rows]
+
+    # ------------------------------------------------------------------ carried state
+
+    async def put_carried(self, key_id: str, states: Mapping[str, bytes], expires_at: float) -> None:
+        rows = [(key_id, ref, state, expires_at) for ref, state in states.items()]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM carry_state WHERE expires_at < $1", time.time())
+            await conn.executemany(
+                "INSERT INTO carry_state VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (key_id, ref) DO UPDATE SET state = excluded.state, expires_at = excluded.expires_at",
+                rows,
+            )
+
+    async def get_carried(self, key_id: str, refs: Collection[str], now: float) -> dict[str, bytes]:
+        if not refs:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT ref, state FROM carry_state WHERE key_id = $1 AND expires_at >= $2 AND ref = ANY($3::text[])",
+            key_id,
+            now,
+            list(refs),
+        )
+        return {row["ref"]: bytes(row["state"]) for row in rows}
