@@ -226,6 +226,10 @@ class Catalog:
     def live_providers(self) -> list[Provider]:
         return [p for p in self.providers.values() if p.live]
 
+    def live_candidate(self, public_id: str, provider: str) -> Candidate | None:
+        """The live candidate of this exact provider (a job stays with the provider that runs it)."""
+        return next((c for c in self._live.get(public_id, ()) if c.provider.id == provider), None)
+
     def all_candidates(self, public_id: str) -> list[Candidate]:
         return self._all.get(public_id, [])
 

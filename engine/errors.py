@@ -149,6 +149,16 @@ def model_not_configured(model: str) -> GatewayError:
     )
 
 
+def job_not_found(job_id: str) -> GatewayError:
+    """Also the answer for another key's job: whether it exists is not the caller's to learn."""
+    return GatewayError(
+        404,
+        f"No job found with id `{job_id}` for this key. Use the id the create call returned, with the same key.",
+        param="video_id",
+        code="not_found",
+    )
+
+
 def not_implemented(operation: str) -> GatewayError:
     return GatewayError(
         501,

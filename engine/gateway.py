@@ -18,6 +18,7 @@ from engine.auth import Authenticator
 from engine.catalog import Catalog
 from engine.error_rules import compile_error_rules
 from engine.health import Health
+from engine.jobs import JobStore, open_job_store
 from engine.ledger import Recorder
 from engine.limits import Gatekeeper
 from engine.liveness import Prober
@@ -54,6 +55,7 @@ class Gateway:
     sanitizers: dict[str, Sanitizer]
     strip_fields: frozenset[str]
     context: Context  # what every operation's `prepare` reads from the gateway's settings
+    jobs: JobStore  # asynchronous jobs (video), under gateway-issued ids
     authenticate: Authenticator
     forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
     prober: Prober  # keeps local servers' liveness current
@@ -74,6 +76,7 @@ class Gateway:
         catalog = Catalog.from_specs(specs, env)
         catalog.prepare(sorted({route.operation for route in specs.routes.routes}))
         database = open_database(db_url)  # connected in startup(), on the event loop
+        jobs = open_job_store(db_url)
         routes = specs.routes
         shared_rules = compile_error_rules(routes.error_rules)
         sanitizers = {
@@ -89,7 +92,8 @@ class Gateway:
             client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
-            context=Context(frozenset(routes.sanitize.strip_fields)),
+            context=Context(frozenset(routes.sanitize.strip_fields), jobs),
+            jobs=jobs,
             forward_headers=re.compile(
                 "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
             ),
@@ -106,6 +110,7 @@ class Gateway:
         await self._seed_spend()
         self.recorder.start()
         await self.prober.start()
+        await self.jobs.open()
 
     async def _seed_spend(self) -> None:
         """Budgets count what the ledger already holds for this day and month."""
@@ -123,4 +128,5 @@ class Gateway:
         await self.watchdog.close()
         for pool in self.pools.values():
             await pool.client.aclose()
+        await self.jobs.close()
         await self.database.close()

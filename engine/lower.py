@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from engine import carry
 from engine.catalog import Candidate
+from engine.jobs import Job, JobStore
 from engine.mapping import apply_stage
 from engine.schemas import rewrite_request
 from engine.select import WireChoice
@@ -25,9 +26,12 @@ from engine.wires.base import JSON, AnswerKind, BodyKind, Call
 
 @dataclass(frozen=True)
 class Context:
-    """What preparing a request needs besides its body and candidate: the gateway's settings."""
+    """What preparing a request needs besides its body and candidate: the gateway's settings, its job
+    store, and for an operation resolved by a job id, the job."""
 
     strip: frozenset[str] = frozenset()
+    jobs: JobStore | None = None
+    job: Job | None = None
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,10 @@ class UpstreamRequest:
     candidate: Candidate
     body_kind: BodyKind = "json"
     answer: AnswerKind = "json"
-    # Called with the raised JSON answer before it is metered: an operation's own bookkeeping (a video job's
-    # state, say), which may clear `call.usage` when the work was already metered.
-    settle: Callable[[Call, JSON], Awaitable[None]] | None = None
+    # An operation's own bookkeeping once the upstream has answered with success, before anything is
+    # metered or sent: called with the raised JSON answer (None for bytes) and the caller's key id. A video
+    # job is stored or updated here, and `call.usage` set only on the one call that meters it.
+    settle: Callable[[Call, JSON | None, str], Awaitable[None]] | None = None
 
     def redacted_headers(self) -> dict[str, str]:
         return {**self.headers, **self.candidate.provider.auth_headers(redacted=True)}
@@ -100,6 +105,8 @@ def lower_request(
     headers.update(_ACCEPT[answer])
     headers.update(provider.spec.headers)
     headers.update(provider.auth_headers())
+    if kind == "multipart":  # its length is known up front: providers need not accept a chunked upload
+        headers["content-length"] = str(lowered.body.content_length)
     return UpstreamRequest(lowered.method, url, headers, lowered.body, call, choice, candidate, kind, answer)
 
 

@@ -15,6 +15,7 @@ and the catalog's start-up specialization all read their names from here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,10 +26,18 @@ from litestar import Request, Response
 from engine import attempts, carry_store
 from engine.catalog import Candidate, check_capabilities
 from engine.documents import health, models_list, models_retrieve
-from engine.errors import GatewayError, invalid_request, not_implemented
+from engine.errors import GatewayError, invalid_request, job_not_found, not_implemented
 from engine.gateway import Gateway
 from engine.ledger import Trip
 from engine.lower import Context, UpstreamRequest, lower_request
+from engine.media import (
+    check_dimensions,
+    passthrough,
+    prepare_video_content,
+    prepare_video_create,
+    prepare_video_status,
+)
+from engine.multipart import close_form, read_form
 from engine.proxy import Timer, proxy
 from engine.select import select_wire
 from engine.shapes.base import Renderer
@@ -37,6 +46,14 @@ from engine.shapes.responses import FromChatRenderer, NativeRenderer
 from engine.shapes.responses_request import capability_view, to_chat
 from engine.storage import KeyRecord
 from engine.validate import parse_json_object, validate_chat, validate_responses
+from engine.validate_media import (
+    validate_embeddings,
+    validate_images,
+    validate_speech,
+    validate_transcription,
+    validate_video,
+    validate_video_content,
+)
 from engine.wires.base import AnswerKind, BodyKind
 
 log = logging.getLogger("engine.operations")
@@ -92,11 +109,51 @@ _ROWS = (
         prepare=prepare_responses,
         answers=("json", "sse"),
     ),
-    OperationRow("embeddings", "model", "embeddings"),
-    OperationRow("images.generations", "model", "images"),
-    OperationRow("audio.speech", "model", "speech", answers=("bytes", "sse")),
-    OperationRow("audio.transcriptions", "model", "transcriptions", "multipart", answers=("json", "bytes", "sse")),
-    OperationRow("videos.generations", "model", "videos"),
+    OperationRow(
+        "embeddings",
+        "model",
+        "embeddings",
+        validate=validate_embeddings,
+        prepare=passthrough("embeddings", "embeddings", check_dimensions),
+    ),
+    OperationRow(
+        "images.generations",
+        "model",
+        "images",
+        validate=validate_images,
+        prepare=passthrough("images.generations", "images"),
+        answers=("json", "sse"),
+    ),
+    OperationRow(
+        "audio.speech",
+        "model",
+        "speech",
+        validate=validate_speech,
+        prepare=passthrough("audio.speech", "speech"),
+        answers=("bytes", "sse"),
+    ),
+    OperationRow(
+        "audio.transcriptions",
+        "model",
+        "transcriptions",
+        "multipart",
+        validate=validate_transcription,
+        prepare=passthrough("audio.transcriptions", "transcriptions"),
+        answers=("json", "bytes", "sse"),
+    ),
+    OperationRow(
+        "videos.generations", "model", "videos", "multipart", validate=validate_video, prepare=prepare_video_create
+    ),
+    OperationRow("videos.retrieve", "job", "videos.retrieve", "none", prepare=prepare_video_status),
+    OperationRow(
+        "videos.content",
+        "job",
+        "videos.content",
+        "none",
+        validate=validate_video_content,
+        prepare=prepare_video_content,
+        answers=("bytes",),
+    ),
     OperationRow("opencode.wellknown", "none", body="none", keyed=False),
     OperationRow("opencode.config", "none", body="none", keyed=False),
     OperationRow("health", "none", body="none", respond=health, keyed=False),
@@ -108,9 +165,13 @@ OPERATIONS: dict[str, OperationRow] = {row.name: row for row in _ROWS}
 
 
 async def _parse(row: OperationRow, request: Request[Any, Any, Any]) -> dict[str, Any]:
-    if row.body == "json":
+    """The body as a dict. A multipart row also takes a JSON object (a form without files)."""
+    if row.body == "json" or request.headers.get("content-type", "").startswith("application/json"):
         return parse_json_object(await request.body())
-    raise not_implemented(row.name)  # multipart bodies arrive with their first operation
+    if row.body == "multipart":
+        limit = request.route_handler.resolve_request_max_body_size() or 0
+        return await read_form(request, limit)
+    return {}
 
 
 def _model_of(body: dict[str, Any]) -> str:
@@ -157,10 +218,7 @@ def by_model(row: OperationRow, receipt: bool = False) -> Handler:
 
         resolved = gw.catalog.resolve_all(_model_of(body))
         candidates = [(c.provider.id, c.provider.spec.retry, prepared(c)) for c in resolved]
-        trip = Trip.begin(key.id, name, timer.started)
-        trip.prompt_estimate = len(await request.body()) // 4  # the body is cached: no second read
-        trip.receipt = receipt
-        trip.release = await gw.gatekeeper.admit(key, trip.prompt_estimate)  # a 429 here when over a limit
+        trip = await _admit(gw, key, name, timer, await _prompt_estimate(row, request, body), receipt)
 
         def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
             return proxy(gw, ready[0], trip, timer, ready[1])
@@ -169,6 +227,59 @@ def by_model(row: OperationRow, receipt: bool = False) -> Handler:
         try:
             return await attempts.run(gw.attempts, gw.health, gw.specs.routes.headers, model, candidates, attempt)
         except Exception as error:  # kept in the ledger if it reached a provider
+            gw.recorder.finish(trip, None, error.status if isinstance(error, GatewayError) else 500, "error")
+            raise
+        finally:
+            if row.body == "multipart":
+                close_form(body)
+
+    return operation
+
+
+async def _prompt_estimate(row: OperationRow, request: Request[Any, Any, Any], body: dict[str, Any]) -> int:
+    """~4 bytes per token: of the JSON body (cached, no second read), or of a form's text fields (its files
+    were streamed to a spool and are not read again)."""
+    if row.body == "multipart":
+        return sum(len(v) for v in body.values() if isinstance(v, str)) // 4
+    return len(await request.body()) // 4
+
+
+async def _admit(gw: Gateway, key: KeyRecord, name: str, timer: Timer, estimate: int, receipt: bool) -> Trip:
+    """The request's ledger trip, admitted under the key's limits (a 429 here when over one)."""
+    trip = Trip.begin(key.id, name, timer.started)
+    trip.prompt_estimate = estimate
+    trip.receipt = receipt
+    trip.release = await gw.gatekeeper.admit(key, estimate)
+    return trip
+
+
+def by_job(row: OperationRow, receipt: bool = False) -> Handler:
+    """Resolve the route's one path parameter, a gateway job id, to the job the caller's key owns, and
+    send the request to the provider that runs it (no fallback: the job lives there)."""
+    prepare, validate, name = row.prepare, row.validate, row.name
+    assert prepare is not None
+
+    async def operation(
+        gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
+    ) -> Response[Any]:
+        assert key is not None  # engine check keeps job operations behind gateway keys
+        [job_id] = request.path_params.values()
+        body: dict[str, Any] = {"video_id": job_id, **request.query_params.dict()}
+        body = {k: v[-1] if isinstance(v, list) else v for k, v in body.items()}
+        if validate is not None:
+            validate(body)
+        job = await gw.jobs.get(str(job_id), key.id)
+        if job is None:
+            raise job_not_found(str(job_id))
+        candidate = gw.catalog.live_candidate(job.public_model, job.provider)
+        if candidate is None:
+            message = f"The provider that runs job `{job.id}` is not available right now; retry later."
+            raise GatewayError(503, message, type="api_error", code="upstream_unavailable")
+        upstream, renderer = prepare(body, candidate, dataclasses.replace(gw.context, job=job))
+        trip = await _admit(gw, key, name, timer, 0, receipt)
+        try:
+            return await proxy(gw, upstream, trip, timer, renderer)
+        except Exception as error:
             gw.recorder.finish(trip, None, error.status if isinstance(error, GatewayError) else 500, "error")
             raise
 
@@ -190,4 +301,6 @@ def handler_for(name: str, receipt: bool = False) -> Handler:
         return row.respond
     if row.resolve == "model" and row.prepare is not None:
         return by_model(row, receipt)
+    if row.resolve == "job" and row.prepare is not None:
+        return by_job(row, receipt)
     return unimplemented(name)

@@ -217,6 +217,8 @@ async def _proxy(
             if value is not None:
                 headers[name] = value
         media_type = response.headers.get("content-type") or "application/octet-stream"
+        if upstream.settle is not None:
+            await upstream.settle(call, None, trip.key_id)
         return Stream(_relay_bytes(gw, upstream, trip, response), media_type=media_type, headers=headers)
 
     try:
@@ -238,7 +240,7 @@ async def _proxy(
     await carry_store.flush()  # state packed into the answer's ids is stored before the client can use them
     answer_doc = _strip(gw, renderer.json(raised, call))
     if upstream.settle is not None:
-        await upstream.settle(call, answer_doc)
+        await upstream.settle(call, answer_doc, trip.key_id)
     row = gw.recorder.finish(trip, call.usage, 200)
     if trip.receipt and row is not None and isinstance(answer_doc, dict):
         answer_doc[gw.specs.routes.ledger.receipt_field] = receipt_of(row)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.catalog import Candidate
-from engine.wires.base import Wire, codec_for
+from engine.errors import GatewayError
+from engine.wires.base import NoCodec, Wire, codec_for
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,18 @@ def select_wire(candidate: Candidate, request: dict[str, Any], operation: str, s
     canonical chat shape unless told."""
     for index, rule in candidate.plan(operation).wire_rules:
         if rule.when is None or rule.when.holds(request=request, model=candidate.view, operation=operation):
-            return WireChoice(codec_for(rule.wire, shape), f"wire_rules[{index}]: {rule.why}")
+            return WireChoice(_codec(rule.wire, shape, candidate, operation), f"wire_rules[{index}]: {rule.why}")
     provider = candidate.provider
-    return WireChoice(codec_for(provider.wire, shape), f"provider.wire default of {provider.id}")
+    return WireChoice(_codec(provider.wire, shape, candidate, operation), f"provider.wire default of {provider.id}")
+
+
+def _codec(wire: Wire, shape: str, candidate: Candidate, operation: str) -> Wire:
+    try:
+        return codec_for(wire, shape)
+    except NoCodec:  # `engine check` refuses a model row listing such an operation; a fallback may serve it
+        raise GatewayError(
+            501,
+            f"The provider `{candidate.provider.id}` has no codec for `{operation}` on its `{wire.name}` wire.",
+            type="not_implemented_error",
+            code="operation_not_implemented",
+        ) from None

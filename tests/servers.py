@@ -108,6 +108,12 @@ class Gateway:
 # the tests after them; test_e2e_resilience.py starts its own gateway to show breakers.
 NO_BREAKER = "\n[breaker]\nfailures = 1000\n"
 
+TRANSCRIPTION_LIMIT_MB = 3
+TEST_ROUTES = {
+    "flush_seconds = 1.0": "flush_seconds = 0.2",
+    "max_body_mb = 64  # audio": f"max_body_mb = {TRANSCRIPTION_LIMIT_MB}  # audio",
+}
+
 
 @contextlib.contextmanager
 def run_gateway(
@@ -126,9 +132,11 @@ def run_gateway(
         shutil.copy(extra, specs / "providers" / extra.name)
     for name, text in (extra_providers or {}).items():
         (specs / "providers" / name).write_text(text)
-    routes = (specs / "routes.toml").read_text()  # write usage quickly, so tests can read it back
-    assert "flush_seconds = 1.0" in routes
-    routes = routes.replace("flush_seconds = 1.0", "flush_seconds = 0.2", 1)
+    routes = (specs / "routes.toml").read_text()
+    # write usage quickly, so tests can read it back; a small upload limit, so the 413 test sends little
+    for shipped, tested in TEST_ROUTES.items():
+        assert shipped in routes, f"routes.toml no longer has {shipped!r}"
+        routes = routes.replace(shipped, tested, 1)
     # a route that asks for receipts, as an operator's internal surface would (the external ones never do)
     routes += '\n[[routes]]\nmethod = "POST"\npath = "/internal/v1/chat/completions"\n'
     routes += 'operation = "chat.completions"\nreceipt = true\n' + breaker

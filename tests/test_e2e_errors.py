@@ -133,9 +133,9 @@ def test_unknown_urls_and_methods_are_openai_shaped(http: httpx.Client) -> None:
 
 
 def test_operations_not_built_yet_answer_501_naming_them(http: httpx.Client) -> None:
-    response = http.post("/external/v1/embeddings", json={"model": "x", "input": "hi"})
+    response = http.get("/external/opencode")
     assert response.status_code == 501
-    assert "embeddings" in error_of(response)["message"]
+    assert "opencode.config" in error_of(response)["message"]
 
 
 # ------------------------------------------------------------------------------- upstream errors

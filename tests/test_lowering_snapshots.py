@@ -50,13 +50,14 @@ def in_every_url_form(candidate: Candidate) -> list[Candidate]:
     return [candidate, *others]
 
 
+# Chat and /responses requests go to the models that serve them (media models: tests/test_media_snapshots.py).
 # One case per provider row (an alias such as `gpt-5.5` for `openai/gpt-5.5` lowers exactly as its row
 # does), and per URL form for providers that have several.
 CANDIDATES = [
     form
     for public_id in sorted(CATALOG.public_ids())
     for c in CATALOG.all_candidates(public_id)
-    if public_id in c.provider.spec.models
+    if public_id in c.provider.spec.models and "chat.completions" in c.serves
     for form in in_every_url_form(c)
 ]
 

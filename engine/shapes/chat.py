@@ -16,6 +16,12 @@ DONE = frame(b"[DONE]")
 
 
 class ChatRenderer:
+    """`done`: the frame that ends a complete stream (`[DONE]` for chat clients; none for OpenAI's media
+    streams, whose last event says it is the last)."""
+
+    def __init__(self, done: bytes | None = DONE) -> None:
+        self.done = done
+
     def json(self, doc: JSON, call: Call) -> JSON:
         return doc
 
@@ -27,10 +33,12 @@ class ChatRenderer:
                 yield frame(_encode(sanitize(None, item).payload()))  # OpenAI's mid-stream error: no [DONE]
                 return
             yield frame(item if isinstance(item, bytes) else _encode(item))
-        yield DONE
+        if self.done is not None:
+            yield self.done
 
     def broken(self, error: GatewayError) -> bytes:
         return frame(_encode(error.payload()))
 
 
 CHAT = ChatRenderer()
+EVENTS = ChatRenderer(done=None)  # events relayed as they came: the media endpoints' streams

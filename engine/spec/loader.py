@@ -26,9 +26,10 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from engine.rules import ExpressionError, compile_expression, compile_template
-from engine.spec.models import ModelFacts, ProfileSpec, ProviderSpec, RoutesSpec, operation_needs_key
+from engine.spec.models import ModelFacts, ProfileSpec, ProviderSpec, RoutesSpec, operation_needs_key, operation_row
 from engine.spec.schema import schema_for
 from engine.wires import WIRES
+from engine.wires.base import NoCodec, codec_for
 
 M = TypeVar("M", bound=BaseModel)
 REQUEST_NAMES = frozenset({"request", "model", "operation"})
@@ -151,7 +152,22 @@ def _wire_problems(path: Path, spec: ProviderSpec) -> list[str]:
     named = [("provider.wire", spec.provider.wire)]
     named += [(f"wire_rules[{i}].wire", rule.wire) for i, rule in enumerate(spec.wire_rules)]
     known = ", ".join(sorted(WIRES))
-    return [f"{path}: {key}: unknown wire {wire!r}; known wires: {known}" for key, wire in named if wire not in WIRES]
+    problems = [
+        f"{path}: {key}: unknown wire {wire!r}; known wires: {known}" for key, wire in named if wire not in WIRES
+    ]
+    default = WIRES.get(spec.provider.wire)
+    if default is None:
+        return problems
+    for model, row in spec.models.items():
+        for i, operation in enumerate(row.operations):
+            try:
+                codec_for(default, operation_row(operation).shape)
+            except NoCodec:
+                problems.append(
+                    f"{path}: {format_key(['models', model, 'operations', i])}: the {default.name} wire has no"
+                    f" codec for {operation!r}"
+                )
+    return problems
 
 
 def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
@@ -172,6 +188,10 @@ def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
     if tier is not None and tier not in routes.limits.tiers:
         known = ", ".join(sorted(routes.limits.tiers)) or "none defined"
         problems.append(f"{path}: limits.default_tier: no tier {tier!r} under [limits.tiers] ({known})")
+        if operation_row(route.operation).resolve == "job" and len(re.findall(r"\{[^}]+\}", route.path)) != 1:
+            problems.append(
+                f"{path}: routes[{i}].path: operation {route.operation!r} needs one path parameter, the job id"
+            )
     return problems
 
 

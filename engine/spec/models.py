@@ -36,6 +36,13 @@ def operation_needs_key(name: str) -> bool:
     return OPERATIONS[name].keyed
 
 
+def operation_row(name: str) -> Any:
+    """The operation's row in `engine.operations.OPERATIONS` (for the loader's cross-checks)."""
+    from engine.operations import OPERATIONS
+
+    return OPERATIONS[name]
+
+
 def _known_operation(name: str) -> str:
     if name not in _operation_names():
         raise ValueError(f"unknown operation {name!r}; known: {', '.join(_operation_names())}")

@@ -224,13 +224,27 @@ class Wire(Protocol):
         ...
 
 
+class NoCodec(LookupError):
+    """The wire has no codec for the client shape (a media operation its provider family does not speak)."""
+
+
+# Client shapes every wire serves: natively, or bridged over the canonical chat shape.
+BRIDGED_SHAPES = frozenset({"chat", "responses"})
+
+
 def codec_for(wire: Wire, client_shape: str) -> Wire:
     """The codec that serves `client_shape` over `wire`: the wire's native passthrough when the client
-    already speaks what the wire speaks, else the wire itself (which takes the canonical chat shape)."""
-    native: Wire | None = getattr(wire, "native", None)
-    if native is not None and wire.shape == client_shape:
-        return native
-    return wire
+    already speaks what the wire speaks; the wire itself for chat and for Responses bridged over chat; or
+    one of the wire's `siblings` (a mapping of client shape → codec: its family's embeddings, speech...)."""
+    if wire.shape == client_shape:
+        native: Wire | None = getattr(wire, "native", None)
+        return native or wire
+    if client_shape in BRIDGED_SHAPES:
+        return wire
+    sibling: Wire | None = getattr(wire, "siblings", {}).get(client_shape)
+    if sibling is None:
+        raise NoCodec(f"the {wire.name} wire has no codec for {client_shape}")
+    return sibling
 
 
 def openai_error_of(body: bytes) -> UpstreamError:

@@ -21,6 +21,7 @@ from engine.wires.base import (
     error_from_doc,
     openai_error_of,
 )
+from engine.wires.openai_media import OPENAI_MEDIA
 from engine.wires.sse import Event
 
 _DONE = b"[DONE]"
@@ -31,6 +32,7 @@ class OpenAIChatWire:
     name = "openai_chat"
     shape = "chat"  # what it speaks upstream
     accepts = "chat"  # what `lower` takes
+    siblings = OPENAI_MEDIA  # the OpenAI family's other endpoints, by client shape
 
     def lower(self, body: JSON, call: Call) -> Lowered:
         body["model"] = call.upstream_model

@@ -20,6 +20,8 @@ Tests steer it through a control API under `/_fake/`:
   seconds after which the gateway hung up on each `hang`ed request (`hung_up`, with `hung_up_at` as
   wall-clock times).
 
+The media endpoints (embeddings, images, speech, transcriptions, video jobs) are in `openai_media_fake.py`.
+
 Run it alone with `python -m tests.fakes.openai_fake --port 9100`.
 """
 
@@ -37,6 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes import anthropic_fake
+from tests.fakes.openai_media_fake import MediaFake
 
 CREATED = 1760000000
 FIXED_REPLY = "Hello from the fake upstream."
@@ -499,13 +502,14 @@ class Fake:
         return web.json_response({"cleared": True})
 
 
-def make_app(record: bool = True) -> web.Application:
+def make_app(record: bool = True, max_upload_mb: int = 25) -> web.Application:
     fake = Fake()
     fake.record = record
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", fake.chat)
     app.router.add_post("/v1/responses", fake.chat)
     app.router.add_post("/v1/messages", fake.chat)  # Anthropic's Messages wire: tests/fakes/anthropic_fake.py
+    MediaFake(fake, max_upload_mb).add_routes(app)
     add_control_routes(app, fake)
     return app
 
@@ -523,8 +527,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--no-record", action="store_true", help="keep no request log (benchmarks)")
+    parser.add_argument("--max-upload-mb", type=int, default=25, help="largest audio upload (OpenAI: 25)")
     args = parser.parse_args()
-    serve(make_app(record=not args.no_record), args.host, args.port)
+    serve(make_app(record=not args.no_record, max_upload_mb=args.max_upload_mb), args.host, args.port)
 
 
 def serve(app: web.Application, host: str, port: int) -> None:
