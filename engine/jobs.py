@@ -5,8 +5,9 @@ that created the job, the provider and public model that serve it, and the upstr
 (job id, key), so another key's job is indistinguishable from one that does not exist (a 404, not a 403).
 A finished job is metered once: `claim_metering` succeeds for exactly one caller.
 
-`JobStore` is the interface; `SQLiteJobStore` keeps jobs in the embedded database. Other backends
-(PostgreSQL) implement the same methods; `open_job_store` picks one from the database URL.
+`JobStore` is the interface; `SQLiteJobStore` keeps jobs in the embedded database, `PostgresJobStore`
+in the PostgreSQL database every instance shares (so a job created on one is polled on another);
+`open_job_store` picks one from the database URL (`ENGINE_DB`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosqlite
+import asyncpg
 
 from engine.storage import StoreError, database_url, sqlite_path
 
@@ -63,6 +65,8 @@ def open_job_store(url: str | None = None) -> JobStore:
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
         return SQLiteJobStore(sqlite_path(url))
+    if scheme in ("postgresql", "postgres"):
+        return PostgresJobStore(url)
     raise StoreError(f"ENGINE_DB: no job store for database URL scheme {scheme!r} in this build")
 
 
@@ -126,15 +130,13 @@ class SQLiteJobStore:
     async def get(self, job_id: str, key_id: str) -> Job | None:
         db = await self._conn()
         async with db.execute(
-            "SELECT id, key_id, public_model, provider, upstream_id, status, seconds, created_at, metered_at"
-            " FROM jobs WHERE id = ? AND key_id = ?",
+            f"SELECT {_COLUMNS} FROM jobs WHERE id = ? AND key_id = ?",
             (job_id, key_id),
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        job_id, key, model, provider, upstream_id, status, seconds, created_at, metered_at = row
-        return Job(job_id, key, model, provider, upstream_id, status, seconds, created_at, metered_at is not None)
+        return _job(row)
 
     async def update(self, job_id: str, status: str, seconds: float) -> None:
         db = await self._conn()
@@ -146,3 +148,72 @@ class SQLiteJobStore:
             "UPDATE jobs SET metered_at = ? WHERE id = ? AND metered_at IS NULL", (int(time.time()), job_id)
         )
         return cursor.rowcount == 1
+
+
+_COLUMNS = "id, key_id, public_model, provider, upstream_id, status, seconds, created_at, metered_at"
+
+
+def _job(row: Any) -> Job:
+    job_id, key, model, provider, upstream_id, status, seconds, created_at, metered_at = tuple(row)
+    return Job(job_id, key, model, provider, upstream_id, status, seconds, created_at, metered_at is not None)
+
+
+_SCHEMA_LOCK = 0x6A6F6273  # "jobs"
+_PG_SCHEMA = SCHEMA.replace("seconds REAL", "seconds DOUBLE PRECISION").replace("INTEGER", "BIGINT")
+
+
+class PostgresJobStore:
+    """Jobs in PostgreSQL, over an asyncpg pool of their own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    SCHEMA.replace("seconds REAL", "seconds DOUBLE PRECISION").replace("INTEGER", "BIGINT")
+                )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _run(self) -> asyncpg.Pool:
+        await self.open()
+        assert self._pool is not None
+        return self._pool
+
+    async def create(self, job: Job) -> None:
+        pool = await self._run()
+        await pool.execute(
+            "INSERT INTO jobs (id, key_id, public_model, provider, upstream_id, status, seconds, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            job.id,
+            job.key_id,
+            job.public_model,
+            job.provider,
+            job.upstream_id,
+            job.status,
+            job.seconds,
+            job.created_at,
+        )
+
+    async def get(self, job_id: str, key_id: str) -> Job | None:
+        pool = await self._run()
+        row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1 AND key_id = $2", job_id, key_id)
+        return None if row is None else _job(row)
+
+    async def update(self, job_id: str, status: str, seconds: float) -> None:
+        pool = await self._run()
+        await pool.execute("UPDATE jobs SET status = $1, seconds = $2 WHERE id = $3", status, seconds, job_id)
+
+    async def claim_metering(self, job_id: str) -> bool:
+        pool = await self._run()
+        done = await pool.execute(
+            "UPDATE jobs SET metered_at = $1 WHERE id = $2 AND metered_at IS NULL", int(time.time()), job_id
+        )
+        return bool(done == "UPDATE 1")
