@@ -15,6 +15,14 @@ $(AI_SDK)/node_modules/.installed: $(AI_SDK)/package-lock.json
 	npm ci --prefix $(AI_SDK) --no-audit --no-fund --loglevel=error
 	touch $@
 
+# OpenCode itself (the real CLI) for tests/test_opencode.py, pinned by its package-lock.json. `npm install`
+# with the lockfile, not `npm ci`: the lock holds this platform's binary package, and `npm ci` refuses a lock
+# that lacks the other platforms' optional binaries, which the registry reached here does not serve.
+OPENCODE := tests/clients/opencode
+$(OPENCODE)/node_modules/.installed: $(OPENCODE)/package-lock.json
+	npm install --prefix $(OPENCODE) --no-audit --no-fund --no-save --loglevel=error
+	touch $@
+
 .PHONY: install serve test check bench
 install: $(STAMP)
 
@@ -23,7 +31,7 @@ serve: $(STAMP)
 	$(VENV)/bin/engine serve --host 127.0.0.1 --port 8080
 
 ## test: install, then lint, type-check (mypy --strict), check the specs and run the whole test suite
-test: $(STAMP) $(AI_SDK)/node_modules/.installed
+test: $(STAMP) $(AI_SDK)/node_modules/.installed $(OPENCODE)/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

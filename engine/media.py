@@ -64,10 +64,10 @@ def _jobs(ctx: Context) -> JobStore:
 def prepare_video_create(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
     """Create the job upstream; answer it under a new gateway id, stored with the key that created it."""
     upstream, renderer = passthrough("videos.generations", "videos")(body, candidate, ctx)
-    jobs = _jobs(ctx)
 
     async def settle(call: Call, doc: JSON | None, key_id: str) -> None:
         assert doc is not None
+        jobs = _jobs(ctx)
         job = Job(
             id=new_job_id(),
             key_id=key_id,
@@ -87,20 +87,21 @@ def prepare_video_create(body: dict[str, Any], candidate: Candidate, ctx: Contex
 
 def _for_job(
     operation: str, body: dict[str, Any], candidate: Candidate, ctx: Context
-) -> tuple[Job, JobStore, UpstreamRequest, Renderer]:
+) -> tuple[Job, UpstreamRequest, Renderer]:
     """Lower a request about the job the operation was resolved to, addressed by its upstream id."""
     job = ctx.job
     assert job is not None, "resolved by job"
     upstream, renderer = passthrough(operation, operation)({**body, "video_id": job.upstream_id}, candidate, ctx)
-    return job, _jobs(ctx), upstream, renderer
+    return job, upstream, renderer
 
 
 def prepare_video_status(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
     """Poll the job upstream by its upstream id; keep its state; meter it the first time it is finished."""
-    job, jobs, upstream, renderer = _for_job("videos.retrieve", body, candidate, ctx)
+    job, upstream, renderer = _for_job("videos.retrieve", body, candidate, ctx)
 
     async def settle(call: Call, doc: JSON | None, key_id: str) -> None:
         assert doc is not None
+        jobs = _jobs(ctx)
         status, seconds = str(doc.get("status", job.status)), video_seconds(doc) or job.seconds
         if (status, seconds) != (job.status, job.seconds):
             await jobs.update(job.id, status, seconds)
@@ -112,10 +113,10 @@ def prepare_video_status(body: dict[str, Any], candidate: Candidate, ctx: Contex
 
 def prepare_video_content(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
     """Download the finished video; a job never seen finished before is metered here, once."""
-    job, jobs, upstream, renderer = _for_job("videos.content", body, candidate, ctx)
+    job, upstream, renderer = _for_job("videos.content", body, candidate, ctx)
 
     async def settle(call: Call, doc: JSON | None, key_id: str) -> None:
-        await _meter_if_finished(jobs, job, call, {"status": "completed", "seconds": job.seconds})
+        await _meter_if_finished(_jobs(ctx), job, call, {"status": "completed", "seconds": job.seconds})
 
     return dataclasses.replace(upstream, settle=settle), renderer
 

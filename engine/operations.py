@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from litestar import Request, Response
 
-from engine import attempts, carry_store
+from engine import attempts, carry_store, opencode
 from engine.catalog import Candidate, check_capabilities
 from engine.documents import health, models_list, models_retrieve
 from engine.errors import GatewayError, invalid_request, job_not_found, not_implemented
@@ -154,8 +154,8 @@ _ROWS = (
         prepare=prepare_video_content,
         answers=("bytes",),
     ),
-    OperationRow("opencode.wellknown", "none", body="none", keyed=False),
-    OperationRow("opencode.config", "none", body="none", keyed=False),
+    OperationRow("opencode.wellknown", "none", body="none", respond=opencode.wellknown, keyed=False),
+    OperationRow("opencode.config", "none", body="none", respond=opencode.config, keyed=False),
     OperationRow("health", "none", body="none", respond=health, keyed=False),
 )
 OPERATIONS: dict[str, OperationRow] = {row.name: row for row in _ROWS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -109,10 +110,13 @@ class Gateway:
 NO_BREAKER = "\n[breaker]\nfailures = 1000\n"
 
 TRANSCRIPTION_LIMIT_MB = 3
+# What OpenCode's `auth login` runs on the test gateway: it prints the key the test hands it in this variable.
+OPENCODE_KEY_ENV = "COMPOSE_TEST_KEY"
 TEST_ROUTES = {
     "flush_seconds = 1.0": "flush_seconds = 0.2",
     "max_body_mb = 64  # audio": f"max_body_mb = {TRANSCRIPTION_LIMIT_MB}  # audio",
 }
+TEST_AUTH_COMMAND = f'auth_command = ["sh", "-c", "printf %s \\"${OPENCODE_KEY_ENV}\\""]'
 
 
 @contextlib.contextmanager
@@ -122,10 +126,12 @@ def run_gateway(
     key_name: str = "e2e",
     breaker: str = NO_BREAKER,
     extra_providers: dict[str, str] | None = None,
+    test_routes: bool = True,
 ) -> Iterator[Gateway]:
     """`engine serve` on a free port with the shipped specs plus the test-only providers, and a key named
     `key_name` (`provider_env` may also name the database: ENGINE_DB, ENGINE_REDIS). `breaker` is appended
-    to routes.toml; `extra_providers` (file name → TOML text) are written beside the shipped specs."""
+    to routes.toml; `extra_providers` (file name → TOML text) are written beside the shipped specs;
+    `test_routes=False` keeps routes.toml's other settings as shipped (benchmarks)."""
     specs = tmp / "specs"
     shutil.copytree(REPO / "specs", specs)
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
@@ -133,10 +139,14 @@ def run_gateway(
     for name, text in (extra_providers or {}).items():
         (specs / "providers" / name).write_text(text)
     routes = (specs / "routes.toml").read_text()
-    # write usage quickly, so tests can read it back; a small upload limit, so the 413 test sends little
-    for shipped, tested in TEST_ROUTES.items():
+    # write usage quickly, so tests can read it back; a small upload limit, so the 413 test sends little;
+    # an OpenCode auth command that prints the test's key
+    for shipped, tested in TEST_ROUTES.items() if test_routes else ():
         assert shipped in routes, f"routes.toml no longer has {shipped!r}"
         routes = routes.replace(shipped, tested, 1)
+    if test_routes:
+        routes, replaced = re.subn(r"(?m)^auth_command = .*$", lambda _: TEST_AUTH_COMMAND, routes)
+        assert replaced == 1, "routes.toml no longer has [opencode] auth_command"
     # a route that asks for receipts, as an operator's internal surface would (the external ones never do)
     routes += '\n[[routes]]\nmethod = "POST"\npath = "/internal/v1/chat/completions"\n'
     routes += 'operation = "chat.completions"\nreceipt = true\n' + breaker

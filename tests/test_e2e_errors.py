@@ -132,12 +132,6 @@ def test_unknown_urls_and_methods_are_openai_shaped(http: httpx.Client) -> None:
     assert response.status_code == 405 and error_of(response)["type"] == "invalid_request_error"
 
 
-def test_operations_not_built_yet_answer_501_naming_them(http: httpx.Client) -> None:
-    response = http.get("/external/opencode")
-    assert response.status_code == 501
-    assert "opencode.config" in error_of(response)["message"]
-
-
 # ------------------------------------------------------------------------------- upstream errors
 
 

@@ -188,6 +188,8 @@ def _route_problems(path: Path, routes: RoutesSpec) -> list[str]:
     if tier is not None and tier not in routes.limits.tiers:
         known = ", ".join(sorted(routes.limits.tiers)) or "none defined"
         problems.append(f"{path}: limits.default_tier: no tier {tier!r} under [limits.tiers] ({known})")
+        if route.operation.startswith("opencode.") and routes.opencode is None:
+            problems.append(f"{path}: routes[{i}].operation: {route.operation!r} needs an [opencode] table")
         if operation_row(route.operation).resolve == "job" and len(re.findall(r"\{[^}]+\}", route.path)) != 1:
             problems.append(
                 f"{path}: routes[{i}].path: operation {route.operation!r} needs one path parameter, the job id"

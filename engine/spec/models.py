@@ -357,6 +357,28 @@ class Route(Strict):
     )
 
 
+class OpenCode(Strict):
+    """What this gateway tells OpenCode about itself (`GET /.well-known/opencode`, `GET /external/opencode`).
+    The provider id OpenCode shows is `gateway.name`."""
+
+    name: str = Field(description="The provider's display name in OpenCode.")
+    env: str = Field(
+        pattern=r"^[A-Z][A-Z0-9_]*$",
+        description="Env var that carries the gateway key: `opencode auth login` stores the key under it, and"
+        " the provider's `apiKey` is `{env:<this>}`.",
+    )
+    auth_command: list[str] = Field(
+        min_length=1, description="argv whose stdout is the user's gateway key; `opencode auth login` runs it."
+    )
+    npm: str = Field(default="@ai-sdk/openai-compatible", description="The AI SDK package OpenCode loads.")
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#]+/?$",
+        description="The gateway's origin as clients reach it. Unset: `X-Forwarded-Proto`/`X-Forwarded-Host`"
+        " from a reverse proxy, else the request's own scheme and host.",
+    )
+
+
 class RoutesSpec(Strict):
     gateway: Gateway
     headers: DiagnosticHeaders
@@ -368,6 +390,7 @@ class RoutesSpec(Strict):
     breaker: BreakerPolicy = BreakerPolicy()
     ledger: LedgerPolicy = LedgerPolicy()
     limits: Limits = Limits()
+    opencode: OpenCode | None = Field(default=None, description="Needed by the OpenCode documents' routes.")
     routes: list[Route] = Field(min_length=1)
 
 
