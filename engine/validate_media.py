@@ -13,13 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine.errors import invalid_request
 from engine.multipart import UploadedFile
-from engine.validate import Loose
 from engine.validate import _validate as check
+
+
+class JSONRequest(BaseModel):
+    """A JSON request: strict types, unknown keys allowed (they pass through untouched). Media requests are
+    small, so models (rather than chat's TypedDicts) cost nothing that matters."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
 
 TokenList = Annotated[list[int], Field(min_length=1)]
 
 
-class EmbeddingsRequest(Loose):
+class EmbeddingsRequest(JSONRequest):
     model: str = Field(min_length=1)
     input: (
         Annotated[str, Field(min_length=1)]
@@ -32,7 +39,7 @@ class EmbeddingsRequest(Loose):
     user: str | None = None
 
 
-class ImagesRequest(Loose):
+class ImagesRequest(JSONRequest):
     model: str = Field(min_length=1)
     prompt: str = Field(min_length=1, max_length=32000)
     n: int | None = Field(default=None, ge=1, le=10)
@@ -48,11 +55,11 @@ class ImagesRequest(Loose):
     partial_images: int | None = Field(default=None, ge=0, le=3)
 
 
-class VoiceId(Loose):
+class VoiceId(JSONRequest):
     id: str
 
 
-class SpeechRequest(Loose):
+class SpeechRequest(JSONRequest):
     model: str = Field(min_length=1)
     input: str = Field(min_length=1, max_length=4096)
     voice: str | VoiceId
