@@ -8,7 +8,9 @@ polled, and it is metered once, when it is first seen finished or first download
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +21,7 @@ from engine.jobs import Job, JobStore, new_job_id
 from engine.lower import Context, UpstreamRequest, lower_request
 from engine.select import select_wire
 from engine.shapes.base import Renderer
-from engine.shapes.chat import EVENTS
+from engine.shapes.chat import EVENTS, ChatRenderer
 from engine.wires.base import JSON, Call, Usage
 from engine.wires.openai_media import video_seconds
 
@@ -42,6 +44,30 @@ def check_dimensions(body: dict[str, Any], candidate: Candidate) -> None:
         )
     if row.dimensions is not None and isinstance(dimensions, int) and dimensions > row.dimensions:
         raise _unsupported(candidate, f"makes vectors of at most {row.dimensions} dimensions", "dimensions")
+
+
+class EmbeddingsRenderer(ChatRenderer):
+    """Embeddings as the client asked for them: vectors a wire raised as floats (Gemini's) are packed as
+    base64 (little-endian float32, as OpenAI encodes them) when the request said `encoding_format: base64`;
+    vectors that already are base64 strings (OpenAI's) pass untouched."""
+
+    def __init__(self) -> None:
+        super().__init__(done=None)
+
+    def json(self, doc: JSON, call: Call) -> JSON:
+        for item in doc.get("data") or ():
+            vector = item.get("embedding") if isinstance(item, dict) else None
+            if isinstance(vector, list):
+                item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return doc
+
+
+BASE64_EMBEDDINGS = EmbeddingsRenderer()
+
+
+def prepare_embeddings(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
+    upstream, renderer = passthrough("embeddings", "embeddings", check_dimensions)(body, candidate, ctx)
+    return upstream, BASE64_EMBEDDINGS if body.get("encoding_format") == "base64" else renderer
 
 
 def passthrough(operation: str, shape: str, check: Check | None = None) -> Prepare:

@@ -31,8 +31,8 @@ from engine.gateway import Gateway
 from engine.ledger import Trip
 from engine.lower import Context, UpstreamRequest, lower_request
 from engine.media import (
-    check_dimensions,
     passthrough,
+    prepare_embeddings,
     prepare_video_content,
     prepare_video_create,
     prepare_video_status,
@@ -114,7 +114,7 @@ _ROWS = (
         "model",
         "embeddings",
         validate=validate_embeddings,
-        prepare=passthrough("embeddings", "embeddings", check_dimensions),
+        prepare=prepare_embeddings,
     ),
     OperationRow(
         "images.generations",

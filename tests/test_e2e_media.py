@@ -112,6 +112,26 @@ def test_a_chat_model_on_embeddings_is_a_400_naming_what_it_serves(client: opena
     assert "`chat.completions`, `responses`" in refused.value.body["message"]
 
 
+def test_gemini_embeddings_over_batch_embed_contents(client: openai.OpenAI, gemini_fake: Any) -> None:
+    """Gemini answers floats; the SDK asked base64 (its default), so the gateway packs them."""
+    gemini_fake.reset()
+    result = client.embeddings.create(model="google/gemini-embedding-001", input=["hello world", "bye"], dimensions=8)
+    for got, text in zip(result.data, ["hello world", "bye"], strict=True):
+        assert got.embedding == pytest.approx(vector(text, 8), rel=1e-6)
+    [sent] = gemini_fake.requests()
+    assert sent["path"] == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    assert sent["body"]["requests"][1] == {
+        "model": "models/gemini-embedding-001",
+        "content": {"parts": [{"text": "bye"}]},
+        "outputDimensionality": 8,
+    }
+    floats = client.embeddings.create(model="google/gemini-embedding-001", input="hi", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(vector("hi", 3072), rel=1e-6)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="google/gemini-embedding-001", input=[[1, 2, 3]])
+    assert refused.value.body["param"] == "input"
+
+
 # ---------------------------------------------------------------------------------------------- images
 
 

@@ -27,7 +27,8 @@ from engine.lower import Context, UpstreamRequest
 from engine.multipart import Multipart, UploadedFile
 from engine.operations import OPERATIONS
 from engine.spec.loader import load_specs
-from engine.wires.base import Call, StreamBroken
+from engine.wires.base import Call, StreamBroken, UpstreamError, Wire
+from engine.wires.gemini import GeminiWire
 from engine.wires.openai_media import OPENAI_MEDIA
 from engine.wires.sse import iter_events
 from tests.conftest import REQUESTS, SPECS, load_corpus
@@ -35,7 +36,7 @@ from tests.conftest import REQUESTS, SPECS, load_corpus
 SHIPPED = load_specs(SPECS)
 CATALOG = Catalog.from_specs(SHIPPED, env={})
 STRIP = frozenset(SHIPPED.routes.sanitize.strip_fields)
-RESPONSES = Path(__file__).parent / "responses" / "openai_media"
+RESPONSES = Path(__file__).parent / "responses"
 MEDIA = [name for name, row in OPERATIONS.items() if row.shape in OPENAI_MEDIA]
 JOB = Job("video_gw0001", "key0001", "openai/sora-2", "openai", "video_up0001", "in_progress", 4.0, 1760000000)
 
@@ -104,33 +105,42 @@ def test_media_requests_lowered(operation: str, candidate: Candidate, snapshot_j
     assert {name: lowered(operation, candidate, r) for name, r in corpus.items()} == snapshot_json
 
 
-ANSWERS = sorted(p for p in RESPONSES.glob("*/*") if p.suffix in (".json", ".sse"))
+# tests/responses/<family>_media/<client shape>/<answer>: each wire family's media codecs, by shape.
+FAMILIES: dict[str, dict[str, Wire]] = {"openai_media": OPENAI_MEDIA, "gemini_media": GeminiWire.siblings}
+ANSWERS = sorted(p for family in FAMILIES for p in (RESPONSES / family).glob("*/*") if p.suffix in (".json", ".sse"))
 
 
-async def _raised_stream(shape: str, raw: bytes, call: Call) -> list[Any]:
+async def _raised_stream(codec: Wire, raw: bytes, call: Call) -> list[Any]:
     async def chunks() -> Any:
         yield raw
 
     items: list[Any] = []
     try:
-        async for item in OPENAI_MEDIA[shape].raise_stream(iter_events(chunks()), call):
+        async for item in codec.raise_stream(iter_events(chunks()), call):
             items.append(msgspec.json.decode(item) if isinstance(item, bytes) else dataclasses.asdict(item))
     except StreamBroken as broken:
         items.append({"stream_broken": str(broken)})
     return items
 
 
-@pytest.mark.parametrize("path", ANSWERS, ids=[f"{p.parent.name}--{p.name}" for p in ANSWERS])
+def answer_id(path: Path) -> str:
+    family = path.parent.parent.name.removesuffix("_media")
+    return f"{path.parent.name}--{path.name}" if family == "openai" else f"{family}--{path.parent.name}--{path.name}"
+
+
+@pytest.mark.parametrize("path", ANSWERS, ids=[answer_id(p) for p in ANSWERS])
 def test_media_answers_raised(path: Path, snapshot_json: Any) -> None:
-    shape, raw = path.parent.name, path.read_bytes()
+    codec, raw = FAMILIES[path.parent.parent.name][path.parent.name], path.read_bytes()
     call = Call(public_model="acme/model", upstream_model="model")
     if path.suffix == ".json":
-        answer = OPENAI_MEDIA[shape].raise_json(msgspec.json.decode(raw), call)
+        raised = codec.raise_json(msgspec.json.decode(raw), call)
+        answer = {"upstream_error": dataclasses.asdict(raised)} if isinstance(raised, UpstreamError) else raised
     else:
-        answer = asyncio.run(_raised_stream(shape, raw, call))
+        answer = asyncio.run(_raised_stream(codec, raw, call))
     assert {"answer": answer, "metered": call.usage.shown() if call.usage else None} == snapshot_json
 
 
 def test_every_media_codec_has_recorded_answers() -> None:
-    with_answers = {p.parent.name for p in ANSWERS}
-    assert with_answers == set(OPENAI_MEDIA) - {"videos.content"}, "add tests/responses/openai_media/<shape>/"
+    for family, codecs in FAMILIES.items():
+        with_answers = {p.parent.name for p in ANSWERS if p.parent.parent.name == family}
+        assert with_answers == set(codecs) - {"videos.content"}, f"add tests/responses/{family}/<shape>/"

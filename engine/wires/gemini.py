@@ -427,11 +427,52 @@ def _candidate(doc: JSON) -> JSON:
     return first if isinstance(first, dict) else {}
 
 
+class GeminiEmbeddings:
+    """OpenAI's `/embeddings` over Gemini's `models/{model}:batchEmbedContents`: one request per input text,
+    `dimensions` as `outputDimensionality`, answered as OpenAI's list of float vectors (a client that asked
+    for base64 gets them packed by the embeddings renderer). Google reports no token usage for embeddings,
+    so none is metered."""
+
+    name = "gemini_embeddings"
+    shape = accepts = "embeddings"
+
+    def lower(self, body: JSON, call: Call) -> Lowered:
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise _refuse("input", "Gemini embeds text: send `input` as a string or a list of strings, not token ids.")
+        model = f"models/{call.upstream_model}"
+        dimensions = body.get("dimensions")
+        sized: JSON = {"outputDimensionality": dimensions} if isinstance(dimensions, int) else {}
+        requests = [{"model": model, "content": {"parts": [{"text": text}]}, **sized} for text in texts]
+        return Lowered(f"/{model}:batchEmbedContents", {"requests": requests})
+
+    def raise_json(self, doc: JSON, call: Call) -> JSON | UpstreamError:
+        embeddings = doc.get("embeddings")
+        if not isinstance(embeddings, list):
+            return UpstreamError(message="The upstream answered without embeddings.", type="api_error", status=502)
+        call.usage = Usage()
+        data = [
+            {"object": "embedding", "index": i, "embedding": e.get("values") if isinstance(e, dict) else None}
+            for i, e in enumerate(embeddings)
+        ]
+        usage = {"prompt_tokens": 0, "total_tokens": 0}  # not reported by Google
+        return {"object": "list", "data": data, "model": call.public_model, "usage": usage}
+
+    async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
+        raise StreamBroken("Gemini embeddings are not streamed")
+        yield b""  # an async generator, as the interface says
+
+    def error_of(self, body: bytes) -> UpstreamError:
+        return GeminiWire().error_of(body)
+
+
 class GeminiWire:
     name = "gemini"
     shape = "gemini"
     accepts = "chat"
     carrier = CARRIER
+    siblings = {"embeddings": GeminiEmbeddings()}  # the Gemini API's other endpoints, by client shape
 
     def lower(self, body: JSON, call: Call) -> Lowered:
         for key, what in _REFUSED.items():

@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.openai_fake import Fake, add_control_routes, serve
+from tests.fakes.openai_media_fake import vector
 
 SKIP_SIGNATURES = {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
 FIXED_REPLY = "Hello from the fake Gemini."
@@ -137,6 +138,8 @@ class GeminiFake(Fake):
         try:
             if request.headers.get("x-goog-api-key") != self.key:
                 raise Refused(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
+            if method == "batchEmbedContents":
+                return web.json_response(self.embed(model, body))
             if method not in ("generateContent", "streamGenerateContent"):
                 raise Refused(404, f"Method {method} not found.", "NOT_FOUND")
             if not model.startswith("gemini-"):
@@ -154,6 +157,28 @@ class GeminiFake(Fake):
                 return web.json_response(answers)  # without alt=sse Google streams one JSON array
             return await self._stream(request, [json.dumps(a) for a in answers])
         return web.json_response(answers[0])
+
+    def embed(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`batchEmbedContents`: Google's checks (each request names this model, has text parts, a
+        dimensionality in range), then one deterministic vector per request."""
+        if not model.startswith("gemini-embedding"):
+            raise Refused(400, f"models/{model} does not support batchEmbedContents.")
+        unknown = set(body) - {"requests"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise Refused(400, f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.')
+        vectors = []
+        for i, request in enumerate(body.get("requests") or []):
+            if request.get("model") != f"models/{model}":
+                raise Refused(400, f"requests[{i}].model must be models/{model}.")
+            parts = (request.get("content") or {}).get("parts") or []
+            if not parts or not all(isinstance(p.get("text"), str) for p in parts):
+                raise Refused(400, f"requests[{i}].content must have text parts.")
+            size = request.get("outputDimensionality", 3072)
+            if not isinstance(size, int) or not 1 <= size <= 3072:
+                raise Refused(400, f"requests[{i}].outputDimensionality must be between 1 and 3072.")
+            vectors.append({"values": vector("".join(p["text"] for p in parts), size)})
+        return {"embeddings": vectors}
 
     # ------------------------------------------------------------------ what Google refuses
 
