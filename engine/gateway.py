@@ -15,6 +15,7 @@ import httpx
 
 from engine.attempts import Policy
 from engine.auth import Authenticator
+from engine.bounded import AnswerLimits
 from engine.catalog import Catalog
 from engine.error_rules import compile_error_rules
 from engine.health import Health
@@ -63,6 +64,7 @@ class Gateway:
     pools: dict[str, Pool]  # each provider's own connections (`[pool]`, `timeouts.pool`)
     health: Health  # each provider's circuit breaker and recent error rate
     watchdog: Watchdog  # checks the timeouts of every attempt in flight
+    answer_limits: dict[str, AnswerLimits]  # per provider id: routes.toml [upstream], provider overrides
 
     @classmethod
     def build(
@@ -80,7 +82,17 @@ class Gateway:
         routes = specs.routes
         shared_rules = compile_error_rules(routes.error_rules)
         sanitizers = {
-            p.id: Sanitizer.build(p, shared_rules, routes.sanitize.redact_patterns) for p in catalog.providers.values()
+            p.id: Sanitizer.build(p, shared_rules, routes.sanitize.redact_patterns, routes.upstream.max_message_chars)
+            for p in catalog.providers.values()
+        }
+        bounds = routes.upstream
+        answer_limits = {
+            p.id: AnswerLimits(
+                answer_bytes=int((p.spec.provider.max_answer_mb or bounds.max_answer_mb) * 1024 * 1024),
+                error_bytes=int(bounds.max_error_kb * 1024),
+                message_chars=bounds.max_message_chars,
+            )
+            for p in catalog.providers.values()
         }
         client = make_client(transport)
         return cls(
@@ -97,6 +109,7 @@ class Gateway:
             forward_headers=re.compile(
                 "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
             ),
+            answer_limits=answer_limits,
             authenticate=Authenticator(database, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),
             prober=Prober(client, catalog),
             attempts=Policy(routes.fallback),

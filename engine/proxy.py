@@ -1,10 +1,12 @@
 """Send → raise → sanitize → respond, for one lowered request.
 
-The upstream is always read as a stream so its status is known before its body: an error is read whole,
-sanitized and answered with the upstream's status. A success is answered by the kind the lowered request
+The upstream is always read as a stream so its status is known before its body: an error body is read up
+to a bound, sanitized and answered with the upstream's status. A success is answered by the kind the lowered request
 expects: JSON is raised by the wire codec to the OpenAI shape as one body; SSE is relayed event by event;
 bytes (audio, video, subtitles) are relayed chunk by chunk as they arrive, with the upstream's content
-type, never held whole. Diagnostic headers go on every answer.
+type, never held whole. Every read is bounded (`engine.bounded`). Only 2xx is an answer and only 4xx/5xx an
+upstream error: a redirect (never followed) or a status outside HTTP's range is a 502, as is an answer that
+is not the JSON object its wire promises. Diagnostic headers go on every answer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +27,13 @@ from litestar.response import Stream
 
 from engine import carry_store
 from engine.answers import AnswerRefused
+from engine.bounded import AnswerLimits, AnswerTooLarge, UnsupportedEncoding, iter_decoded, read_decoded, read_prefix
 from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
 from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
 from engine.respond import JSONAnswer, batched
+from engine.sanitize import Sanitizer
 from engine.shapes.base import Renderer, Sanitize
 from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of
 from engine.wires.base import StreamBroken, StreamItem, UpstreamError
@@ -53,16 +57,16 @@ def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest, trip: Trip) -> di
     return headers
 
 
-def _forwarded(gw: Gateway, response: httpx.Response) -> dict[str, str]:
-    """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error."""
+def _forwarded(gw: Gateway, response: httpx.Response, sanitize: Sanitizer) -> dict[str, str]:
+    """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error, redacted."""
     wanted = gw.forward_headers.fullmatch
-    forwarded = {k: v for k, v in response.headers.items() if wanted(k)}
+    forwarded = {k: sanitize.header(v) for k, v in response.headers.items() if wanted(k)}
     name = gw.specs.routes.headers.upstream_request_id
     if name:
         for source in gw.specs.routes.sanitize.request_id_headers:
             value = response.headers.get(source)
             if value:
-                forwarded[name] = value[:128]
+                forwarded[name] = sanitize.header(value[:128])
                 break
     return forwarded
 
@@ -191,24 +195,30 @@ async def _proxy(
 ) -> Response[Any]:
     candidate, call, wire = upstream.candidate, upstream.call, upstream.choice.wire
     sanitize = gw.sanitizers[candidate.provider.id]
+    limits = gw.answer_limits[candidate.provider.id]
     began = time.perf_counter()
     response = await send(gw, upstream)
     answer = upstream.answer
-    if response.status_code >= 400 or (answer == "sse" and not _is_event_stream(response)):
+    status = response.status_code
+    if not 200 <= status < 300 and not 400 <= status < 600:
+        timer.upstream += time.perf_counter() - began
+        await response.aclose()
+        raise _odd_status(candidate.provider.id, status)
+    if status >= 400 or (answer == "sse" and not _is_event_stream(response)):
         try:
-            raw = await _read(upstream, response)
+            raw = await _read(upstream, response, read_prefix, limits.error_bytes)
         finally:
             timer.upstream += time.perf_counter() - began
-        status = response.status_code if response.status_code >= 400 else 502
+        status = status if status >= 400 else 502
         raise _upstream_error(gw, upstream, response, sanitize, status, wire.error_of(raw))
 
-    headers.update(_forwarded(gw, response))
+    headers.update(_forwarded(gw, response, sanitize))
     if answer == "sse":
         try:
-            items = await _committed(gw, upstream, trip, response, sanitize)
+            items = await _committed(gw, upstream, trip, response, sanitize, limits)
         finally:
             timer.upstream += time.perf_counter() - began
-        relay = _relay(gw, upstream, trip, response, items, renderer, sanitize)
+        relay = _relay(gw, upstream, trip, response, items, renderer, sanitize, limits)
         return Stream(batched(relay), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
     if answer == "bytes":
         timer.upstream += time.perf_counter() - began
@@ -222,23 +232,31 @@ async def _proxy(
         return Stream(_relay_bytes(gw, upstream, trip, response), media_type=media_type, headers=headers)
 
     try:
-        raw = await _read(upstream, response)
+        raw = await _read(upstream, response, read_decoded, limits.answer_bytes)
     finally:
         timer.upstream += time.perf_counter() - began
     try:
         doc = _decode(raw)
     except msgspec.DecodeError:
-        message = f"The upstream provider `{candidate.provider.id}` sent an answer that is not JSON."
-        raise upstream_failure(502, message, "upstream_invalid_response", Kind.INVALID) from None
+        doc = None
+    if not isinstance(doc, dict):
+        raise _invalid(candidate.provider.id, "an answer that is not a JSON object")
     answers = candidate.provider.answers
     refused = answers.apply(doc) if answers is not None else None
     if refused is not None:  # a 200 the provider's spec reads as a refusal
         raise _upstream_error(gw, upstream, response, sanitize, None, refused)
-    raised = wire.raise_json(doc, call)
+    try:
+        raised = wire.raise_json(doc, call)
+        if not isinstance(raised, UpstreamError):
+            answer_doc = _strip(gw, renderer.json(raised, call))
+    except _MALFORMED as exc:
+        log.warning(
+            "answer from %s does not have its wire's shape: %s: %s", candidate.provider.id, type(exc).__name__, exc
+        )
+        raise _invalid(candidate.provider.id, "an answer that does not have the shape of its API") from None
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
         raise _upstream_error(gw, upstream, response, sanitize, None, raised)
     await carry_store.flush()  # state packed into the answer's ids is stored before the client can use them
-    answer_doc = _strip(gw, renderer.json(raised, call))
     if upstream.settle is not None:
         await upstream.settle(call, answer_doc, trip.key_id)
     row = gw.recorder.finish(trip, call.usage, 200)
@@ -279,7 +297,7 @@ def _upstream_error(
     gw: Gateway,
     upstream: UpstreamRequest,
     response: httpx.Response,
-    sanitize: Sanitize,
+    sanitize: Sanitizer,
     status: int | None,
     raw: UpstreamError,
 ) -> GatewayError:
@@ -287,7 +305,7 @@ def _upstream_error(
     routes.toml forwards, and its `Failure` for the attempt policy (the status it stands for, the upstream's
     own code and retry-after). `status` None: an error reported inside a 200 answer or stream."""
     error = sanitize(status, raw)
-    error.headers.update(_forwarded(gw, response))
+    error.headers.update(_forwarded(gw, response, sanitize))
     # a 2xx that is not the protocol asked for (JSON to a stream call) is not an error the upstream reported
     kind = Kind.INVALID if status is not None and response.status_code < 400 else Kind.STATUS
     retry_after = gw.attempts.retry_after(response.headers)
@@ -296,7 +314,12 @@ def _upstream_error(
 
 
 async def _committed(
-    gw: Gateway, upstream: UpstreamRequest, trip: Trip, response: httpx.Response, sanitize: Sanitize
+    gw: Gateway,
+    upstream: UpstreamRequest,
+    trip: Trip,
+    response: httpx.Response,
+    sanitize: Sanitizer,
+    limits: AnswerLimits,
 ) -> AsyncIterator[StreamItem | UpstreamError]:
     """The raised stream, once its first item has been seen, so the status is decided before it is sent.
 
@@ -304,7 +327,7 @@ async def _committed(
     answer, as if the upstream had answered with that status; so does a stream that breaks before its first
     item. Only the first item is awaited: the happy path pays one `__anext__` of indirection, nothing more.
     """
-    events = iter_events(response.aiter_bytes())
+    events = iter_events(iter_decoded(response, limits.answer_bytes))
     answers = upstream.candidate.provider.answers
     if answers is not None:
         events = answers.events(events)
@@ -316,6 +339,9 @@ async def _committed(
     except AnswerRefused as refused:
         await response.aclose()
         raise _upstream_error(gw, upstream, response, sanitize, None, refused.error) from None
+    except (AnswerTooLarge, UnsupportedEncoding, *_MALFORMED) as exc:
+        await response.aclose()
+        raise _stream_failure(upstream.candidate.provider.id, exc, limits) from None
     except httpx.TimeoutException as exc:
         await response.aclose()
         raise _timed_out(upstream, _phase_of(exc, Kind.FIRST_BYTE_TIMEOUT)) from None
@@ -346,9 +372,49 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return str(response.headers.get("content-type", "")).startswith("text/event-stream")
 
 
-async def _read(upstream: UpstreamRequest, response: httpx.Response) -> bytes:
+# What a codec or renderer raises on a well-formed JSON object of the wrong shape (`"choices": 5`).
+_MALFORMED = (TypeError, AttributeError, KeyError, ValueError, IndexError)
+
+
+def _invalid(provider: str, what: str) -> GatewayError:
+    message = f"The upstream provider `{provider}` sent {what}."
+    return upstream_failure(502, message, "upstream_invalid_response", Kind.INVALID)
+
+
+def _odd_status(provider: str, status: int) -> GatewayError:
+    if 300 <= status < 400:
+        return _invalid(provider, f"a redirect (HTTP {status}); the gateway does not follow upstream redirects")
+    return _invalid(provider, f"HTTP status {status}, which is not an answer or an error")
+
+
+def _too_large(limit: int) -> GatewayError:
+    message = f"The upstream answer exceeded this gateway's limit of {limit // (1024 * 1024)} MiB and was discarded."
+    return upstream_failure(502, message, "upstream_response_too_large", Kind.INVALID)
+
+
+def _stream_failure(provider: str, exc: Exception, limits: AnswerLimits) -> GatewayError:
+    """A stream that cannot go on: past its cap, in an encoding not asked for, or not of its wire's shape."""
+    if isinstance(exc, AnswerTooLarge):
+        log.warning("stream from %s passed its cap of %d bytes", provider, limits.answer_bytes)
+        return _too_large(limits.answer_bytes)
+    if isinstance(exc, UnsupportedEncoding):
+        return _invalid(provider, str(exc))
+    log.warning("stream from %s does not have its wire's shape: %s: %s", provider, type(exc).__name__, exc)
+    return _invalid(provider, "a stream event that does not have the shape of its API")
+
+
+async def _read(
+    upstream: UpstreamRequest,
+    response: httpx.Response,
+    reader: Callable[[httpx.Response, int], Awaitable[bytes]],
+    limit: int,
+) -> bytes:
     try:
-        return await response.aread()
+        return await reader(response, limit)
+    except AnswerTooLarge:
+        raise _too_large(limit) from None
+    except UnsupportedEncoding as exc:
+        raise _invalid(upstream.candidate.provider.id, str(exc)) from None
     except httpx.TimeoutException as exc:
         raise _timed_out(upstream, _phase_of(exc, Kind.IDLE_TIMEOUT)) from None
     except httpx.TransportError:
@@ -384,10 +450,11 @@ async def _relay(
     items: AsyncIterator[StreamItem | UpstreamError],
     renderer: Renderer,
     sanitize: Sanitize,
+    limits: AnswerLimits,
 ) -> AsyncIterator[bytes]:
-    """Raised items → client SSE, in the client's shape. After content has gone out, an upstream error or a
-    cut stream ends it with one OpenAI-shaped error event (the status is already committed). On a route
-    that asks for receipts, one last `event: <receipt_field>` carries it."""
+    """Raised items → client SSE, in the client's shape. After content has gone out, an upstream error, a cut
+    stream, or one past its cap or of the wrong shape ends it with one OpenAI-shaped error event (the status
+    is already committed). On a route that asks for receipts, one last `event: <receipt_field>` carries it."""
     candidate, call = upstream.candidate, upstream.call
     outcome = "ok"
     try:
@@ -407,6 +474,8 @@ async def _relay(
     except (GeneratorExit, asyncio.CancelledError):
         outcome = "client_closed"  # the client hung up: record what was relayed until then
         raise
+    except (AnswerTooLarge, UnsupportedEncoding, *_MALFORMED) as exc:
+        yield renderer.broken(_stream_failure(candidate.provider.id, exc, limits))
     finally:
         await response.aclose()
         row = gw.recorder.finish(trip, call.usage, 200, outcome)

@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 import httpx
 
+from engine.bounded import ACCEPT_ENCODING
+
 _CHUNK = 64 * 1024
 
 
@@ -71,8 +73,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 keepalive_timeout=self._keepalive_expiry,
                 ttl_dns_cache=300,
             )
+            # Bodies stay encoded here: `engine.bounded` inflates them with a cap. Only encodings it can bound
+            # are asked for (aiohttp would otherwise advertise whatever it could decode itself).
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
             )
         return self._session
 

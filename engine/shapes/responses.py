@@ -136,6 +136,7 @@ class FromChatRenderer:
     def __init__(self, request: JSON, public_model: str) -> None:
         self.request = request
         self.public_model = public_model
+        self.sequence = 0  # the next event's sequence number, for a closing error event
 
     def json(self, doc: JSON, call: Call) -> JSON:
         builder = _ResponseBuilder(self.request, self.public_model)
@@ -169,18 +170,21 @@ class FromChatRenderer:
         self, items: AsyncIterator[StreamItem | UpstreamError], call: Call, sanitize: Sanitize
     ) -> AsyncIterator[bytes]:
         events = _EventWriter(_ResponseBuilder(self.request, self.public_model))
-        async for item in items:
-            if isinstance(item, UpstreamError):
-                yield events.error(sanitize(None, item))
-                return
-            chunk = _decode(item) if isinstance(item, bytes) else item
-            for out in events.on_chunk(chunk):
+        try:
+            async for item in items:
+                if isinstance(item, UpstreamError):
+                    yield events.error(sanitize(None, item))
+                    return
+                chunk = _decode(item) if isinstance(item, bytes) else item
+                for out in events.on_chunk(chunk):
+                    yield out
+            for out in events.complete(call.usage):
                 yield out
-        for out in events.complete(call.usage):
-            yield out
+        finally:
+            self.sequence = events.sequence
 
     def broken(self, error: GatewayError) -> bytes:
-        return _error_frame(error, 0)
+        return _error_frame(error, self.sequence)
 
 
 def _error_frame(error: GatewayError, sequence: int) -> bytes:
@@ -373,8 +377,17 @@ class _EventWriter:
         return out
 
 
+class MalformedEvent(ValueError):
+    """An upstream Responses event the client could not consume (a bad type or sequence number)."""
+
+
 class NativeRenderer:
-    """A provider that speaks Responses: its events cross unchanged (but for stripped fields)."""
+    """A provider that speaks Responses: its events cross unchanged (but for stripped fields), as long as
+    each names its type and numbers itself after the one before; the first that does not ends the stream
+    (the proxy sends one closing error event, numbered after the last good one)."""
+
+    def __init__(self) -> None:
+        self.sequence = 0  # the next event's sequence number
 
     def json(self, doc: JSON, call: Call) -> JSON:
         return doc
@@ -382,14 +395,17 @@ class NativeRenderer:
     async def frames(
         self, items: AsyncIterator[StreamItem | UpstreamError], call: Call, sanitize: Sanitize
     ) -> AsyncIterator[bytes]:
-        sequence = 0
         async for item in items:
             if isinstance(item, UpstreamError):
-                yield _error_frame(sanitize(None, item), sequence)
+                yield _error_frame(sanitize(None, item), self.sequence)
+                self.sequence += 1
                 return
             data = _decode(item) if isinstance(item, bytes) else item
-            sequence = int(data.get("sequence_number", sequence)) + 1
-            yield frame(item if isinstance(item, bytes) else _encode(item), data.get("type"))
+            number, kind = data.get("sequence_number", self.sequence), data.get("type")
+            if not isinstance(kind, str) or type(number) is not int or number < self.sequence:
+                raise MalformedEvent(f"event {kind!r} has sequence_number {number!r} after {self.sequence - 1}")
+            self.sequence = number + 1
+            yield frame(item if isinstance(item, bytes) else _encode(item), kind)
 
     def broken(self, error: GatewayError) -> bytes:
-        return _error_frame(error, 0)
+        return _error_frame(error, self.sequence)

@@ -95,8 +95,9 @@ class ErrorRule(Strict):
     """Match an upstream error and replace what the client sees.
 
     The client always gets OpenAI's four-key error body; a rule decides its status, type, code, param
-    and message. Unset fields keep the upstream's (already redacted) value. A rule holds when its `when`
-    holds (if it has one) and one of its `match` entries does (if it has any).
+    and message. An unset message is the upstream's, redacted and truncated; unset type, code and param
+    are the gateway's own (the status's default type, null code and param) unless listed in `keep`. A rule
+    holds when its `when` holds (if it has one) and one of its `match` entries does (if it has any).
     """
 
     name: str = Field(description="Short identifier, shown in logs and `engine lower --error`.")
@@ -118,6 +119,11 @@ class ErrorRule(Strict):
     param: str | None = None
     message: str | None = Field(
         default=None, description="Replaces the upstream message entirely (the sanitized text)."
+    )
+    keep: list[Literal["type", "code", "param"]] = Field(
+        default_factory=list,
+        description="Upstream fields passed on to the client instead of the gateway's own (none, by default):"
+        " only when they read as an identifier or a request path, and after redaction.",
     )
 
     @model_validator(mode="after")
@@ -324,6 +330,24 @@ class Fallback(Strict):
         return statuses
 
 
+class UpstreamLimits(Strict):
+    """Bounds on what the gateway reads from any upstream answer, so a broken or hostile upstream cannot
+    exhaust its memory. Sizes are of the decoded body (a 2 MB gzip bomb counts as what it inflates to)."""
+
+    max_answer_mb: float = Field(
+        default=64,
+        gt=0,
+        description="Largest decoded answer read from an upstream (a JSON body, or a whole stream); past it the"
+        " client gets 502 `upstream_response_too_large`. Overridden per provider by `provider.max_answer_mb`.",
+    )
+    max_error_kb: float = Field(
+        default=64, gt=0, description="An upstream error body is read up to this size; the rest is discarded."
+    )
+    max_message_chars: int = Field(
+        default=2000, ge=80, description="Upstream error messages are truncated to this many characters."
+    )
+
+
 class BreakerPolicy(Strict):
     """Per-provider circuit breakers (`engine/health.py`): a provider failing again and again is skipped for
     a while instead of being tried by every request, then probed by a single one."""
@@ -391,6 +415,7 @@ class RoutesSpec(Strict):
     ledger: LedgerPolicy = LedgerPolicy()
     limits: Limits = Limits()
     opencode: OpenCode | None = Field(default=None, description="Needed by the OpenCode documents' routes.")
+    upstream: UpstreamLimits = UpstreamLimits()
     routes: list[Route] = Field(min_length=1)
 
 
@@ -407,6 +432,11 @@ class ProviderInfo(Strict):
         default=None, pattern=r"^[A-Z][A-Z0-9_]*$", description="Env var that overrides `base_url`."
     )
     priority: int = Field(default=100, description="Lower is preferred when several providers serve one public model.")
+    max_answer_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="This provider's cap on a decoded answer; unset, routes.toml's `upstream.max_answer_mb`.",
+    )
     base_url_required: bool = Field(
         default=False,
         description="`base_url` is only a placeholder (each customer has their own endpoint, as on Azure): the"
