@@ -101,6 +101,16 @@ class Gateway:
     log: Path
     process: subprocess.Popen[bytes]
 
+    def rss_mb(self) -> float:
+        """The gateway process's resident memory now, in MiB (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def fds(self) -> int:
+        return len(list(Path(f"/proc/{self.process.pid}/fd").iterdir()))
+
     def engine(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([ENGINE, *args], env=self.env, capture_output=True, text=True, timeout=60)
 
