@@ -26,7 +26,7 @@ def chat(fault: str, **extra: Any) -> dict[str, Any]:
         ("gzip", 200, None),
         ("trickle", 200, None),
         ("reset", 502, "upstream_unreachable"),
-        ("hang_headers", 504, "upstream_timeout"),
+        ("hang_headers", 504, "upstream_first_byte_timeout"),
         ("malformed_json", 502, "upstream_invalid_response"),
         ("non_object", 502, "upstream_invalid_response"),
         ("wrong_shape", 200, None),  # chat relays an object as is; the /responses bridge below refuses it
@@ -108,7 +108,7 @@ def sse_data(response: httpx.Response) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("fault", "code"),
     [
-        ("hang_stream", "upstream_timeout"),
+        ("hang_stream", "upstream_idle_timeout"),
         ("stream_garbage", "upstream_stream_interrupted"),
         ("gzip_bomb", "upstream_response_too_large"),
     ],
