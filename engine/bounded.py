@@ -73,11 +73,23 @@ def _decoder(response: httpx.Response) -> _Inflate | None:
     raise UnsupportedEncoding(f"an answer in content-encoding {encoding!r}, which the gateway did not ask for")
 
 
+async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    if response.is_stream_consumed:  # built in memory (httpx reads such bodies, decoded, at construction)
+        yield response.content
+        return
+    async for raw in response.aiter_raw():
+        yield raw
+
+
+def _decoder_of(response: httpx.Response) -> _Inflate | None:
+    return None if response.is_stream_consumed else _decoder(response)
+
+
 async def iter_decoded(response: httpx.Response, limit: int) -> AsyncIterator[bytes]:
     """The answer's decoded bytes, chunk by chunk; `AnswerTooLarge` once more than `limit` arrived."""
-    decoder = _decoder(response)
+    decoder = _decoder_of(response)
     seen = 0
-    async for raw in response.aiter_raw():
+    async for raw in _raw(response):
         chunk = raw if decoder is None else decoder.feed(raw, limit - seen)
         seen += len(chunk)
         if seen > limit:
@@ -96,9 +108,9 @@ async def read_prefix(response: httpx.Response, limit: int) -> bytes:
     """At most `limit` decoded bytes of the answer; the rest is never read. For error bodies, whose
     text only ever becomes a (truncated) message. An undecodable body reads as empty."""
     try:
-        decoder = _decoder(response)
+        decoder = _decoder_of(response)
         out = bytearray()
-        async for raw in response.aiter_raw():
+        async for raw in _raw(response):
             out += raw if decoder is None else decoder.feed(raw, limit - len(out))
             if len(out) >= limit:
                 break
