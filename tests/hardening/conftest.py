@@ -45,13 +45,13 @@ def run_probe_gateway(tmp: Path, fault_url: str) -> Iterator[Gateway]:
         yield gateway
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_url() -> Iterator[str]:
     with run_fault_upstream() as url:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def probe(fault_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with run_probe_gateway(tmp_path_factory.mktemp("probe"), fault_url) as gateway:
         yield gateway
