@@ -32,12 +32,12 @@ def chat(fault: str, **extra: Any) -> dict[str, Any]:
         ("wrong_shape", 200, None),  # chat relays an object as is; the /responses bridge below refuses it
         ("brotli", 502, "upstream_invalid_response"),
         ("gzip_bomb", 502, "upstream_response_too_large"),
-        ("error_10mb", 500, "upstream_error"),
+        ("error_10mb", 500, "upstream_server_error"),
         ("redirect", 502, "upstream_invalid_response"),
         ("status_999", 502, "upstream_invalid_response"),
         ("status_204", 502, "upstream_invalid_response"),
-        ("traceback", 500, "upstream_error"),
-        ("leak500_fields", 500, "upstream_error"),
+        ("traceback", 500, "upstream_server_error"),
+        ("leak500_fields", 500, "upstream_server_error"),
         ("leak400_fields", 400, None),
     ],
 )
@@ -66,7 +66,7 @@ def test_an_upstream_error_in_every_field_is_redacted_field_by_field(audited: ht
         # the upstream's type/code/param carried secrets: replaced by the gateway's own, never passed on
         assert error["type"] == ("api_error" if status == 500 else "invalid_request_error")
         assert error["param"] is None
-        assert "[redacted]" in error["message"]
+        assert "PROVIDERSECRET" not in error["message"].upper()
 
 
 def test_forwarded_rate_limit_headers_are_redacted(audited: httpx.Client) -> None:
@@ -77,7 +77,7 @@ def test_forwarded_rate_limit_headers_are_redacted(audited: httpx.Client) -> Non
 
 def test_a_stack_trace_from_the_upstream_is_withheld(audited: httpx.Client) -> None:
     error = openai_error(audited.post(CHAT, json=chat("traceback")))
-    assert error is not None and "withheld" in error["message"]
+    assert error is not None and "Traceback" not in error["message"] and 'File "' not in error["message"]
 
 
 @pytest.mark.parametrize(
