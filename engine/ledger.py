@@ -105,6 +105,7 @@ def receipt_of(row: UsageRow) -> dict[str, Any]:
             "completion_tokens": row.completion_tokens,
             "reasoning_tokens": row.reasoning_tokens,
             "cached_tokens": row.cached_tokens,
+            **({"cache_write_tokens": row.cache_write_tokens} if row.cache_write_tokens else {}),
             **row.units,
         },
         "cost_usd": round(row.cost_usd, 9),
@@ -162,6 +163,7 @@ class Recorder:
             round((time.perf_counter() - trip.started) * 1000, 3),
             trip.attempts or 1,
             estimated,
+            usage.cache_write_tokens,
         )
 
     def add(self, row: UsageRow) -> None:

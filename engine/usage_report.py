@@ -8,7 +8,15 @@ from typing import Any
 from engine.storage.base import DailyUsage, add_units
 
 GROUPS = {"key": "key", "model": "public_model", "provider": "provider", "day": "day", "operation": "operation"}
-NUMBERS = ("requests", "errors", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+NUMBERS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+)
 
 
 def grouped(items: Iterable[DailyUsage], by: Sequence[str], key_names: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -36,7 +44,7 @@ def _value(item: DailyUsage, name: str, key_names: Mapping[str, str]) -> str:
 
 def table(entries: list[dict[str, Any]], by: Sequence[str]) -> str:
     header = [*(name.upper() for name in by), "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "REASONING", "CACHED"]
-    header += ["UNITS", "COST_USD"]
+    header += ["CACHE_WRITE", "UNITS", "COST_USD"]
     rows = [
         [
             *(str(e[name]) for name in by),

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import WEATHER_TOOL
 from tests.fakes import anthropic_fake
+from tests.test_e2e_ledger import ledger_rows
 
 MODEL = "anthropic/claude-sonnet-4.6"
 ASK = [{"role": "user", "content": "Weather in Oslo?"}]
@@ -131,8 +132,11 @@ def test_responses_tool_loop_keeps_thinking_across_turns(client: openai.OpenAI, 
     assert messages_sent(upstream)[-1]["messages"][1]["content"][0]["type"] == "thinking"
 
 
-def test_prompt_cache_reads_and_writes_are_reported(client: openai.OpenAI, upstream: Any) -> None:
-    completion = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+def test_prompt_cache_reads_and_writes_are_reported_priced_and_recorded(
+    client: openai.OpenAI, gateway: Any, upstream: Any
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+    completion = raw.parse()
     usage = completion.usage
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (32, 9)  # 20 uncached + 8 read + 4 written
@@ -142,6 +146,12 @@ def test_prompt_cache_reads_and_writes_are_reported(client: openai.OpenAI, upstr
     assert sent["headers"]["x-api-key"] == "sk-ant-test-000000000000"
     assert sent["headers"]["anthropic-version"] == "2023-06-01"
     assert sent["body"]["max_tokens"] == 64000, "from the catalog row when the client sends none"
+
+    request_id = raw.headers["x-request-id"]
+    row = ledger_rows(gateway.env, [request_id])[request_id]
+    assert (row.prompt_tokens, row.cached_tokens, row.cache_write_tokens) == (32, 8, 4)
+    # claude-sonnet-4.6: input 3.00, cache reads 0.30, cache writes 3.75, output 15.00 USD per million
+    assert row.cost_usd == pytest.approx((20 * 3.00 + 8 * 0.30 + 4 * 3.75 + 9 * 15.00) / 1e6)
 
 
 OVERLOADED = anthropic_fake.error("overloaded_error", "Overloaded")

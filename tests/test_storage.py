@@ -66,11 +66,11 @@ async def test_ledger_rows_group_by_day_and_roll_up_without_changing_totals(data
     today = time.strftime("%Y-%m-%d", time.gmtime(now))
     old = now - 40 * DAY
     rows = [
-        row("k1", old, cost_usd=0.5),
+        row("k1", old, cost_usd=0.5, cached_tokens=1, cache_write_tokens=6),
         row("k1", old + 1, status=502, outcome="error", prompt_tokens=0, completion_tokens=0, cost_usd=0.0),
         row("k1", old + 2, operation="images.generations", units={"images": 2}, cost_usd=0.08),
         row("k1", old + 3, operation="images.generations", units={"images": 1}, cost_usd=0.04),
-        row("k2", now - 2, reasoning_tokens=3, cached_tokens=4),
+        row("k2", now - 2, reasoning_tokens=3, cached_tokens=4, cache_write_tokens=2),
         row("k1", now - 1),
     ]
     await database.append(rows)
@@ -81,13 +81,14 @@ async def test_ledger_rows_group_by_day_and_roll_up_without_changing_totals(data
         ("k2", "chat.completions", 1, 0),
     ]
     assert before[1]["units"] == {"images": 3} and before[1]["cost_usd"] == pytest.approx(0.12)
+    assert [(e["cached_tokens"], e["cache_write_tokens"]) for e in before] == [(1, 6), (0, 0), (4, 2)]
 
     assert await database.roll_up(today) == 4, "the four rows of 40 days ago, not today's"
     assert await database.roll_up(today) == 0
     assert grouped(await database.daily(), ["key", "operation"], {}) == before, "a roll-up keeps every total"
     assert [r.key_id for r in await database.recent()] == ["k1", "k2"], "raw rows left: today's, newest first"
     recent = (await database.recent("k2"))[0]
-    assert (recent.reasoning_tokens, recent.cached_tokens, recent.status) == (3, 4, 200)
+    assert (recent.reasoning_tokens, recent.cached_tokens, recent.cache_write_tokens) == (3, 4, 2)
 
     old_day = time.strftime("%Y-%m-%d", time.gmtime(old))
     assert {e["day"] for e in grouped(await database.daily(since=today), ["day"], {})} == {today}
@@ -113,7 +114,7 @@ async def test_a_database_from_before_versioning_is_migrated(tmp_path: Path) -> 
         db = open_database(str(path))  # a plain path, as ENGINE_DB was before it took URLs
         await db.open()
         try:
-            [day] = await db.daily()
+            [day] = await db.daily(until="2026-01-02")
             assert (day.day, day.key_id, day.requests, day.prompt_tokens, day.cost_usd) == (
                 "2026-01-02",
                 "k0",
@@ -122,6 +123,8 @@ async def test_a_database_from_before_versioning_is_migrated(tmp_path: Path) -> 
                 0.5,
             )
             assert await db.create_key(f"new{_}", "compose-")
+            await db.append([row("k0", time.time() + _, cache_write_tokens=3 + _)])
+            assert (await db.recent("k0"))[0].cache_write_tokens == 3 + _, "the migrated ledger takes new rows"
         finally:
             await db.close()
     with sqlite3.connect(path) as migrated:
@@ -134,6 +137,9 @@ def test_cost_comes_from_catalog_prices_per_million_tokens() -> None:
     assert cost_of(usage, price) == pytest.approx((600 * 2.0 + 400 * 0.5 + 100 * 8.0) / 1e6)
     assert cost_of(usage, Price(input=2.0, output=8.0)) == pytest.approx((1000 * 2.0 + 100 * 8.0) / 1e6)
     assert cost_of(usage, None) == 0.0
+    written = Usage(prompt_tokens=1000, completion_tokens=100, cached_tokens=400, cache_write_tokens=100)
+    with_writes = Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75)
+    assert cost_of(written, with_writes) == pytest.approx((500 * 3.0 + 400 * 0.3 + 100 * 3.75 + 100 * 15.0) / 1e6)
 
 
 def test_engine_db_accepts_urls_and_plain_paths(tmp_path: Path) -> None:

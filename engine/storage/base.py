@@ -70,6 +70,7 @@ class UsageRow:
     latency_ms: float = 0.0
     attempts: int = 1
     estimated: bool = False  # a cut-short stream: counts are what was relayed, not the provider's bill
+    cache_write_tokens: int = 0  # prompt tokens written to the prompt cache (inside prompt_tokens, priced apart)
 
     @property
     def day(self) -> str:
@@ -78,7 +79,17 @@ class UsageRow:
 
 # The grouping of a daily aggregate, then its sums.
 DAILY_KEY = ("day", "key_id", "public_model", "provider", "upstream_model", "operation")
-DAILY_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+DAILY_SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+)
+# A daily aggregate's columns, named: migrations append columns, so the table's own order is not this one.
+DAILY_COLUMNS = (*DAILY_KEY, *DAILY_SUMS, "units", "cost_usd")
 
 
 @dataclass
@@ -97,6 +108,7 @@ class DailyUsage:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     units: dict[str, float] = field(default_factory=dict)
     cost_usd: float = 0.0
 
@@ -310,13 +322,13 @@ async def verify(store: KeyStore, key: str, prefix: str) -> KeyRecord | None:
 
 
 def usage_row(values: Sequence[Any]) -> UsageRow:
-    """A ledger row from its columns, in the order `UsageRow` declares them after `day`."""
+    """A ledger row from its columns, in the order `UsageRow` declares them."""
     (ts, request_id, key_id, public_model, provider, upstream_model, operation, status, outcome) = values[:9]
-    prompt, completion, reasoning, cached, units, cost, latency, attempts, estimated = values[9:18]
+    prompt, completion, reasoning, cached, units, cost, latency, attempts, estimated, written = values[9:19]
     return UsageRow(
         ts, request_id, key_id, public_model, provider, upstream_model, operation, status, outcome,
         prompt, completion, reasoning, cached, summed_units([units] if units is not None else []),
-        cost, latency, attempts, bool(estimated),
+        cost, latency, attempts, bool(estimated), written,
     )  # fmt: skip
 
 
@@ -350,6 +362,7 @@ def row_values(row: UsageRow) -> tuple[Any, ...]:
         row.latency_ms,
         row.attempts,
         row.estimated,
+        row.cache_write_tokens,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from engine.storage.base import (
+    DAILY_COLUMNS,
     DAILY_KEY,
     DAILY_SUMS,
     DailyUsage,
@@ -98,26 +99,31 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX carry_state_expiry ON carry_state (expires_at);
     """,
+    """
+    ALTER TABLE requests ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE usage_daily ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0;
+    """,
 )
 
 _ROW_COLUMNS = (
     "ts, request_id, key_id, public_model, provider, upstream_model, operation, status, outcome, prompt_tokens,"
-    " completion_tokens, reasoning_tokens, cached_tokens, units::text, cost_usd, latency_ms, attempts, estimated"
+    " completion_tokens, reasoning_tokens, cached_tokens, units::text, cost_usd, latency_ms, attempts, estimated,"
+    " cache_write_tokens"
 )
 _KEY_COLUMNS = "id, name, created_at, revoked_at, tier, limits"
 _GROUPED = f"""
     SELECT {", ".join(DAILY_KEY)}, COUNT(*), SUM((status >= 400)::int),
            SUM(prompt_tokens), SUM(completion_tokens), SUM(reasoning_tokens), SUM(cached_tokens),
-           (json_agg(units) FILTER (WHERE units IS NOT NULL))::text, SUM(cost_usd)
+           SUM(cache_write_tokens), (json_agg(units) FILTER (WHERE units IS NOT NULL))::text, SUM(cost_usd)
     FROM requests WHERE day >= $1 AND day < $2 GROUP BY {", ".join(DAILY_KEY)}
 """
 _DAILY = f"""
     SELECT {", ".join(DAILY_KEY)}, {", ".join(DAILY_SUMS)}, units::text, cost_usd
     FROM usage_daily WHERE day >= $1 AND day < $2
 """
-_WIDTH = len(DAILY_KEY) + len(DAILY_SUMS) + 2
 _UPSERT_DAILY = f"""
-    INSERT INTO usage_daily VALUES ({", ".join(f"${i}" for i in range(1, _WIDTH + 1))})
+    INSERT INTO usage_daily ({", ".join(DAILY_COLUMNS)})
+    VALUES ({", ".join(f"${i}" for i in range(1, len(DAILY_COLUMNS) + 1))})
     ON CONFLICT ({", ".join(DAILY_KEY)}) DO UPDATE SET
         {", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in DAILY_SUMS)},
         units = excluded.units, cost_usd = usage_daily.cost_usd + excluded.cost_usd

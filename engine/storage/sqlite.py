@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.storage.base import (
+    DAILY_COLUMNS,
     DAILY_KEY,
     DAILY_SUMS,
     DailyUsage,
@@ -122,17 +123,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX carry_state_expiry ON carry_state (expires_at);
     """,
+    """
+    ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_daily ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 _ROW_COLUMNS = (
     "ts, request_id, key_id, public_model, provider, upstream_model, operation, status, outcome, prompt_tokens,"
-    " completion_tokens, reasoning_tokens, cached_tokens, units, cost_usd, latency_ms, attempts, estimated"
+    " completion_tokens, reasoning_tokens, cached_tokens, units, cost_usd, latency_ms, attempts, estimated,"
+    " cache_write_tokens"
 )
 _KEY_COLUMNS = "id, name, created_at, revoked_at, tier, limits"
 _GROUPED = f"""
     SELECT {", ".join(DAILY_KEY)}, COUNT(*), SUM(status >= 400),
            SUM(prompt_tokens), SUM(completion_tokens), SUM(reasoning_tokens), SUM(cached_tokens),
-           json_group_array(json(units)) FILTER (WHERE units IS NOT NULL), SUM(cost_usd)
+           SUM(cache_write_tokens), json_group_array(json(units)) FILTER (WHERE units IS NOT NULL), SUM(cost_usd)
     FROM requests WHERE day >= ? AND day < ? GROUP BY {", ".join(DAILY_KEY)}
 """
 _DAILY = f"""
@@ -140,7 +146,7 @@ _DAILY = f"""
     FROM usage_daily WHERE day >= ? AND day < ?
 """
 _UPSERT_DAILY = f"""
-    INSERT INTO usage_daily VALUES ({", ".join("?" * (len(DAILY_KEY) + len(DAILY_SUMS) + 2))})
+    INSERT INTO usage_daily ({", ".join(DAILY_COLUMNS)}) VALUES ({", ".join("?" * len(DAILY_COLUMNS))})
     ON CONFLICT ({", ".join(DAILY_KEY)}) DO UPDATE SET
         {", ".join(f"{c} = {c} + excluded.{c}" for c in DAILY_SUMS)},
         units = excluded.units, cost_usd = cost_usd + excluded.cost_usd
@@ -271,7 +277,7 @@ class SqliteDatabase:
 
     def _append(self, values: list[tuple[Any, ...]]) -> None:
         with self._transaction():
-            self.db.executemany(f"INSERT INTO requests VALUES ({', '.join('?' * 19)})", values)
+            self.db.executemany(f"INSERT INTO requests VALUES ({', '.join('?' * 20)})", values)
 
     def _transaction(self) -> sqlite3.Connection:
         self.db.execute("BEGIN")
