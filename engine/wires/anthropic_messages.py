@@ -46,6 +46,7 @@ from engine.wires.base import (
     Usage,
     chat_usage,
     error_from_doc,
+    event_object,
 )
 from engine.wires.sse import Event
 
@@ -401,12 +402,7 @@ class AnthropicMessagesWire:
     async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
         state = _StreamState(call)
         async for event in events:
-            try:
-                data = _decode(event.data)
-            except msgspec.DecodeError:
-                raise StreamBroken("upstream sent an event that is not JSON") from None
-            if not isinstance(data, dict):
-                raise StreamBroken("upstream sent an event that is not a JSON object")
+            data = event_object(event.data)
             kind = event.event or data.get("type")
             if kind == "error":
                 yield _error(data)

@@ -180,6 +180,17 @@ class StreamBroken(Exception):
     """The upstream stream ended or failed before its terminal event."""
 
 
+def event_object(data: str | bytes) -> JSON:
+    """One SSE event's data as a JSON object: anything else means the upstream stream is broken."""
+    try:
+        doc = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raise StreamBroken("upstream sent an event that is not JSON") from None
+    if not isinstance(doc, dict):
+        raise StreamBroken("upstream sent an event that is not a JSON object")
+    return doc
+
+
 @dataclass
 class Call:
     """One request's trip through a wire: what the codec needs to know, and what it learns (usage)."""

@@ -36,6 +36,7 @@ from engine.wires.base import (
     UpstreamError,
     Usage,
     chat_usage,
+    event_object,
 )
 from engine.wires.openai_responses import text_of
 from engine.wires.sse import Event
@@ -532,12 +533,7 @@ class GeminiWire:
     async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
         stream = _Stream(call)
         async for event in events:
-            try:
-                doc = _decode(event.data)
-            except msgspec.DecodeError:
-                raise StreamBroken("upstream sent an event that is not JSON") from None
-            if not isinstance(doc, dict):
-                raise StreamBroken("upstream sent an event that is not a JSON object")
+            doc = event_object(event.data)
             if isinstance(doc.get("error"), dict):
                 yield gemini_error_from(doc)
                 return

@@ -19,6 +19,7 @@ from engine.wires.base import (
     UpstreamError,
     Usage,
     error_from_doc,
+    event_object,
     openai_error_of,
 )
 from engine.wires.openai_media import OPENAI_MEDIA
@@ -50,12 +51,7 @@ class OpenAIChatWire:
             data = event.data
             if data == _DONE:
                 return
-            try:
-                chunk = _decode(data)
-            except msgspec.DecodeError:
-                raise StreamBroken("upstream sent a chunk that is not JSON") from None
-            if not isinstance(chunk, dict):
-                raise StreamBroken("upstream sent a chunk that is not a JSON object")
+            chunk = event_object(data)
             if "error" in chunk and not chunk.get("choices"):
                 yield error_from_doc(chunk)
                 continue

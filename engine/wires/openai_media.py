@@ -26,6 +26,7 @@ from engine.wires.base import (
     Usage,
     Wire,
     error_from_doc,
+    event_object,
     openai_error_of,
 )
 from engine.wires.sse import Event
@@ -80,12 +81,7 @@ class _Passthrough:
 
     async def raise_stream(self, events: AsyncIterator[Event], call: Call) -> AsyncIterator[StreamItem | UpstreamError]:
         async for event in events:
-            try:
-                doc = _decode(event.data)
-            except msgspec.DecodeError:
-                raise StreamBroken("upstream sent an event that is not JSON") from None
-            if not isinstance(doc, dict):
-                raise StreamBroken("upstream sent an event that is not a JSON object")
+            doc = event_object(event.data)
             kind = str(doc.get("type", ""))
             if "error" in doc or kind == "error":
                 yield error_from_doc(doc)
