@@ -100,7 +100,7 @@ class Gateway:
             catalog=catalog,
             database=database,
             recorder=Recorder(database, routes.ledger),
-            gatekeeper=Gatekeeper(routes.limits, open_limiter(None, routes.limits.concurrency_lease_seconds)),
+            gatekeeper=Gatekeeper(routes.limits, open_limiter(None, routes.limits)),
             client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),

@@ -12,10 +12,9 @@ when it is crossed, then refuses until it has room again (tokens) or the period 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from engine.errors import GatewayError
@@ -81,7 +80,6 @@ class Gatekeeper:
         self.spec = spec
         self.limiter = limiter
         self._memo: dict[int, tuple[KeyRecord, KeyLimits | None]] = {}  # by the (cached) record's id
-        self._settling: set[asyncio.Task[None]] = set()
 
     def limits_of(self, key: KeyRecord) -> KeyLimits | None:
         """The key's layered limits. Records are cached by auth for key_cache_seconds, so this is computed
@@ -116,28 +114,17 @@ class Gatekeeper:
             raise refused(admission.refusal)
         key_id = key.id
 
+        settle = self.limiter.settle
+
         def release(row: UsageRow | None) -> None:
-            tokens = row.prompt_tokens + row.completion_tokens - estimate if row is not None else -estimate
-            cost = row.cost_usd if row is not None else 0.0
-            self._schedule(self.limiter.settle(key_id, limits, admission, tokens, cost))
+            if row is None:
+                settle(key_id, limits, admission, -estimate, 0.0)
+            else:
+                settle(key_id, limits, admission, row.prompt_tokens + row.completion_tokens - estimate, row.cost_usd)
 
         return release
 
-    def _schedule(self, work: Awaitable[None] | None) -> None:
-        if work is None:
-            return
-        task = asyncio.ensure_future(work)
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
-
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("settling a request with the limiter failed: %s", task.exception())
-
     async def close(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.limiter.close()
 
 

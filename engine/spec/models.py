@@ -218,8 +218,24 @@ class Limits(Strict):
     concurrency_lease_seconds: float = Field(
         default=900.0,
         gt=0,
-        description="With a shared limiter (ENGINE_REDIS): how long a concurrency slot outlives an instance that"
-        " died holding it. Longer than the longest request.",
+        description="With a shared limiter (ENGINE_REDIS): how long the concurrency slots of an instance that"
+        " died holding them stay taken. A live instance renews its own every third of this.",
+    )
+    sync_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="With a shared limiter: how often an instance settles a busy key with Redis (spend, tokens,"
+        " slots handed back) and renews its lease; a budget spent on one instance is seen by all within about"
+        " this.",
+    )
+    lease_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="With a shared limiter: the most of a key's rpm, tpm or concurrency limit one instance may hold"
+        " in advance, so that busy keys need no Redis round trip per request. Below one request or slot it"
+        " holds nothing and each admission asks Redis. 0: always ask.",
     )
 
 

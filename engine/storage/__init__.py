@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.spec.models import Limits as LimitsSpec
 from engine.storage.base import Database, KeyRecord, KeyStore, Ledger, Limiter, StoreError, UsageRow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -57,8 +58,8 @@ def open_database(url: str | os.PathLike[str] | None = None) -> Database:
     raise StoreError(f"ENGINE_DB: unsupported database URL scheme {scheme!r}; use sqlite:///PATH or postgresql://…")
 
 
-def open_limiter(url: str | None = None, lease_seconds: float = 900.0) -> Limiter:
-    """The limiter for `url`, else `ENGINE_REDIS`, else the in-process one."""
+def open_limiter(url: str | None = None, policy: LimitsSpec | None = None) -> Limiter:
+    """The limiter for `url`, else `ENGINE_REDIS`, else the in-process one (`policy`: routes.toml's limits)."""
     url = url or os.environ.get("ENGINE_REDIS") or None
     if url is None:
         from engine.storage.memory import MemoryLimiter
@@ -68,4 +69,5 @@ def open_limiter(url: str | None = None, lease_seconds: float = 900.0) -> Limite
         raise StoreError("ENGINE_REDIS: use a redis://host:port/db (or rediss://, unix://) URL")
     from engine.storage.redis import RedisLimiter
 
-    return RedisLimiter(url, lease_seconds)
+    policy = policy or LimitsSpec()
+    return RedisLimiter(url, policy.concurrency_lease_seconds, policy.sync_seconds, policy.lease_share)

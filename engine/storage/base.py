@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -266,11 +266,9 @@ class Limiter(Protocol):
 
     async def admit(self, key_id: str, limits: KeyLimits, tokens: int) -> Admission: ...
 
-    def settle(
-        self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float
-    ) -> Awaitable[None] | None:
-        """After the request: the slot back, tokens beyond the estimate charged, the spend added.
-        In-process limiters settle at once and return None; shared ones return the work to schedule."""
+    def settle(self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float) -> None:
+        """After the request: the slot back, tokens beyond the estimate charged, the spend added. Never
+        waits: a shared limiter notes what is owed and tells its server at its next sync."""
         ...
 
     async def seed_spend(self, periods: Periods, day: Mapping[str, float], month: Mapping[str, float]) -> None:

@@ -1,21 +1,31 @@
 """The shared limiter (`ENGINE_REDIS=redis://…`, Redis or Valkey): one set of counters for every instance.
 
-Admission and settlement are Lua scripts, so each is atomic on the server: one round trip checks every
-limit of a key and, only if all pass, takes from the buckets and a concurrency slot. Time comes from the
-server (`TIME`), so instances with skewed clocks still share one minute. Keys carry the gateway key id
-as a hash tag (`lim:{id}:…`), so a cluster keeps one key's counters on one shard.
+A Redis round trip costs the gateway more CPU than the rest of a limit check, so an instance does not ask
+Redis per request. It *leases* allowance instead: requests (rpm), tokens (tpm) and concurrency slots are
+taken from the shared counters in advance, in one Lua script per key (atomic on the server), and spent
+locally, synchronously on the event loop, like the in-process limiter. Nothing is admitted that was not
+taken from the shared counters first, so the instances together never go past an rpm or concurrency
+limit; what an instance holds unused is capped at `lease_share` of the limit (below one request or slot,
+it leases nothing and every admission waits for Redis, so small limits are exact) and handed back once
+the key goes quiet.
 
-Admission is optimistic where that costs at most one request per instance beyond a limit (what the issue
-allows): a key's request is admitted at once while Redis admitted the previous one and no check is
-outstanding, and checked in the background; otherwise it waits for Redis.
+The same script settles what the instance owes since its last sync: tokens used beyond the estimate,
+slots released, spend. A sync runs when a request finds the lease empty (it waits for it; requests of
+the key arriving meanwhile join that one sync), and every `sync_seconds` for a key that was used or owes
+something (nobody waits for it). So a budget spent on one instance is seen by the others within about
+`sync_seconds`; spend and tokens are post-paid anyway (the requests in flight when a limit is crossed
+complete).
 
-Concurrency slots are leases (a sorted set scored by expiry): an instance that dies holding one frees
-it after `limits.concurrency_lease_seconds`.
+Time comes from the server (`TIME`), so instances with skewed clocks share one minute. Keys carry the
+gateway key id as a hash tag (`lim:{id}:…`), so a cluster keeps one key's counters on one shard. Slots
+are counted per instance, each count with a lease the instance renews while it runs: an instance that
+dies holding slots frees them after `concurrency_lease_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -30,76 +40,104 @@ from engine.storage.base import Admission, KeyLimits, Periods, Refusal, StoreErr
 
 log = logging.getLogger("engine.storage.redis")
 
-# KEYS: rpm bucket, tpm bucket, slots, day spend, month spend
-# ARGV: rpm, tpm, concurrent, daily_usd, monthly_usd (0: none), tokens, slot, lease, day_ends, month_ends
-_ADMIT = """
+# KEYS: rpm bucket, tpm bucket, slot counts, day spend, month spend
+# ARGV: 1-5 rpm, tpm, concurrent, daily_usd, monthly_usd (0: none); 6 instance; 7 lease seconds;
+#       8-9 day_ends, month_ends; 10-12 requests, tokens, slots to lease; 13-15 requests, tokens (negative:
+#       used beyond the lease), slots handed back; 16 spend to add; 17… the tokens of each request to admit now.
+# Returns: admitted, refused limit ('' none), retry after, requests, tokens, slots leased, day and month spend.
+_SYNC = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local daily, monthly, tokens = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease = tonumber(ARGV[8])
-if daily > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= daily then
-  return {'daily_usd', tostring(tonumber(ARGV[9]) - now)}
+local daily, monthly = tonumber(ARGV[4]), tonumber(ARGV[5])
+local me, lease = ARGV[6], tonumber(ARGV[7])
+local want_r, want_t, want_s = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local back_r, back_t, back_s, cost = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+local n = #ARGV - 16
+
+local day = tonumber(redis.call('GET', KEYS[4]) or '0')
+local month = tonumber(redis.call('GET', KEYS[5]) or '0')
+if cost > 0 then
+  day = tonumber(redis.call('INCRBYFLOAT', KEYS[4], ARGV[16]))
+  redis.call('EXPIREAT', KEYS[4], math.ceil(tonumber(ARGV[8])) + 86400)
+  month = tonumber(redis.call('INCRBYFLOAT', KEYS[5], ARGV[16]))
+  redis.call('EXPIREAT', KEYS[5], math.ceil(tonumber(ARGV[9])) + 86400)
 end
-if monthly > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= monthly then
-  return {'monthly_usd', tostring(tonumber(ARGV[10]) - now)}
+
+local mine, others = 0, 0
+local slots = conc > 0 or back_s > 0
+if slots then
+  local fields = redis.call('HGETALL', KEYS[3])
+  local counts, ends = {}, {}
+  for i = 1, #fields, 2 do
+    local kind, who = string.sub(fields[i], 1, 1), string.sub(fields[i], 3)
+    if kind == 'n' then counts[who] = tonumber(fields[i + 1]) else ends[who] = tonumber(fields[i + 1]) end
+  end
+  for who, count in pairs(counts) do
+    if who == me then
+      mine = math.max(0, count - back_s)
+    elseif (ends[who] or 0) < now then
+      redis.call('HDEL', KEYS[3], 'n:' .. who, 'x:' .. who)
+    else
+      others = others + count
+    end
+  end
 end
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= conc then return {'concurrent', '1'} end
-end
-local function level(key, cap)
+local free = conc - mine - others
+
+local function level(key, cap, back)
   local v = redis.call('HMGET', key, 'l', 't')
   local l, ts = tonumber(v[1]) or cap, tonumber(v[2]) or now
-  return math.min(cap, l + (now - ts) * cap / 60)
+  return math.min(cap, l + (now - ts) * cap / 60 + back)
 end
-local rl, tl
+local rl, tl = 0, 0
+if rpm > 0 then rl = level(KEYS[1], rpm, back_r) end
+if tpm > 0 then tl = level(KEYS[2], tpm, back_t) end
+
+local k, name, wait = n, '', 0
+if n > 0 then
+  if daily > 0 and day >= daily then
+    k, name, wait = 0, 'daily_usd', tonumber(ARGV[8]) - now
+  elseif monthly > 0 and month >= monthly then
+    k, name, wait = 0, 'monthly_usd', tonumber(ARGV[9]) - now
+  else
+    if conc > 0 and free < k then k, name, wait = math.max(0, free), 'concurrent', 1 end
+    if rpm > 0 and math.floor(rl) < k then
+      k, name, wait = math.floor(rl), 'rpm', (1 + math.floor(rl) - rl) * 60 / rpm
+    end
+    if tpm > 0 and tl <= 0 then k, name, wait = 0, 'tpm', (1 - tl) * 60 / tpm end
+  end
+end
+local got_r, got_t, got_s = 0, 0, 0
+if name ~= 'daily_usd' and name ~= 'monthly_usd' then
+  for i = 1, k do tl = tl - tonumber(ARGV[16 + i]) end
+  rl, free = rl - k, free - k
+  if rpm > 0 then got_r = math.max(0, math.min(want_r, math.floor(rl))) rl = rl - got_r end
+  if tpm > 0 then got_t = math.max(0, math.min(want_t, math.floor(tl))) tl = tl - got_t end
+  if conc > 0 then got_s = math.max(0, math.min(want_s, free)) end
+  mine = mine + k + got_s
+end
+
 if rpm > 0 then
-  rl = level(KEYS[1], rpm)
-  if rl < 1 then return {'rpm', tostring((1 - rl) * 60 / rpm)} end
-end
-if tpm > 0 then
-  tl = level(KEYS[2], tpm)
-  if tl <= 0 then return {'tpm', tostring((1 - tl) * 60 / tpm)} end
-end
-if rpm > 0 then
-  redis.call('HSET', KEYS[1], 'l', tostring(rl - 1), 't', tostring(now))
+  redis.call('HSET', KEYS[1], 'l', tostring(rl), 't', tostring(now))
   redis.call('EXPIRE', KEYS[1], 120)
 end
 if tpm > 0 then
-  local left = tl - tokens
-  redis.call('HSET', KEYS[2], 'l', tostring(left), 't', tostring(now))
-  redis.call('EXPIRE', KEYS[2], 120 + math.ceil(math.max(0, -left) * 60 / tpm))
+  redis.call('HSET', KEYS[2], 'l', tostring(tl), 't', tostring(now))
+  redis.call('EXPIRE', KEYS[2], 120 + math.ceil(math.max(0, -tl) * 60 / tpm))
 end
-if conc > 0 then
-  redis.call('ZADD', KEYS[3], now + lease, ARGV[7])
-  redis.call('EXPIRE', KEYS[3], math.ceil(lease) + 60)
+if slots then
+  if mine > 0 then
+    redis.call('HSET', KEYS[3], 'n:' .. me, mine, 'x:' .. me, tostring(now + lease))
+    redis.call('EXPIRE', KEYS[3], math.ceil(lease) + 60)
+  else
+    redis.call('HDEL', KEYS[3], 'n:' .. me, 'x:' .. me)
+  end
 end
-return {'', ''}
+return {k, name, tostring(wait), got_r, got_t, got_s, tostring(day), tostring(month)}
 """
 
-# KEYS: tpm bucket, slots, day spend, month spend
-# ARGV: tpm (0: none), tokens, slot ('' : none), cost, day_ends, month_ends
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tpm, tokens, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[2], ARGV[3]) end
-if tpm > 0 and tokens ~= 0 then
-  local v = redis.call('HMGET', KEYS[1], 'l', 't')
-  local l, ts = tonumber(v[1]) or tpm, tonumber(v[2]) or now
-  local left = math.min(tpm, l + (now - ts) * tpm / 60) - tokens
-  redis.call('HSET', KEYS[1], 'l', tostring(left), 't', tostring(now))
-  redis.call('EXPIRE', KEYS[1], 120 + math.ceil(math.max(0, -left) * 60 / tpm))
-end
-if cost > 0 then
-  redis.call('INCRBYFLOAT', KEYS[3], ARGV[4])
-  redis.call('EXPIREAT', KEYS[3], math.ceil(tonumber(ARGV[5])) + 86400)
-  redis.call('INCRBYFLOAT', KEYS[4], ARGV[4])
-  redis.call('EXPIREAT', KEYS[4], math.ceil(tonumber(ARGV[6])) + 86400)
-end
-return 1
-"""
+_HOLDING = Admission(slot="held")  # slots are counts here too: any admission holding one looks alike
 
 
 def _keys(key_id: str, periods: Periods) -> tuple[str, str, str, str, str]:
@@ -111,56 +149,176 @@ def _n(value: float | None) -> str:
     return repr(value) if value is not None else "0"
 
 
-class _Flight:
-    """One key's admissions on this instance: whether Redis admitted the last one, and the one whose answer
-    is still outstanding (admitted optimistically)."""
+class _Key:
+    """One key on this instance: what it holds of the shared allowance, what it owes since the last sync,
+    and the requests waiting for the sync in progress."""
 
-    __slots__ = ("pending", "trusted")
+    __slots__ = (
+        "cost",
+        "day",
+        "day_usd",
+        "in_flight",
+        "limits",
+        "month_usd",
+        "requests",
+        "slots",
+        "synced",
+        "syncing",
+        "tokens",
+        "used",
+        "used_tokens",
+        "waiters",
+    )
 
-    def __init__(self) -> None:
-        self.pending: asyncio.Future[Admission] | None = None
-        self.trusted = False
+    def __init__(self, limits: KeyLimits) -> None:
+        self.limits = limits
+        self.requests = 0  # rpm allowance leased, unused
+        self.tokens = 0  # tpm allowance leased, unused; negative: used beyond it, charged at the next sync
+        self.slots = 0  # concurrency slots leased, not in use
+        self.in_flight = 0  # slots in use
+        self.cost = 0.0  # spend not yet added to the shared total
+        self.day = ""  # the UTC day of the spend figures
+        self.day_usd = self.month_usd = 0.0  # the shared spend at the last sync
+        self.synced = -math.inf  # monotonic time of the last sync
+        self.syncing = False
+        self.used = self.used_tokens = 0  # admitted since the last sync: the next lease's size
+        self.waiters: list[tuple[asyncio.Future[Admission], int]] = []
+
+    def local(self, limits: KeyLimits, tokens: int, fresh: float) -> Admission | None:
+        """Admit from what this instance holds, or refuse a spent budget; None: ask Redis."""
+        if self.waiters or self.synced < fresh:
+            return None
+        if limits.daily_usd or limits.monthly_usd:
+            now = time.time()
+            periods = Periods.at(now)
+            if periods.day != self.day:
+                return None
+            if limits.daily_usd and self.day_usd + self.cost >= limits.daily_usd:
+                return Admission(Refusal("daily_usd", limits.daily_usd, periods.day_ends - now))
+            if limits.monthly_usd and self.month_usd + self.cost >= limits.monthly_usd:
+                return Admission(Refusal("monthly_usd", limits.monthly_usd, periods.month_ends - now))
+        if (
+            (limits.concurrent and self.slots < 1)
+            or (limits.rpm and self.requests < 1)
+            or (limits.tpm and self.tokens <= 0)
+        ):
+            return None
+        self.requests -= 1 if limits.rpm else 0
+        self.tokens -= tokens if limits.tpm else 0
+        self.used += 1
+        self.used_tokens += tokens
+        if limits.concurrent:
+            self.slots -= 1
+            self.in_flight += 1
+            return _HOLDING
+        return Admission()
+
+    def surplus(self, share: float) -> bool:
+        """Holding more than the lease cap (slots released, tokens refunded), or owing tokens."""
+        limits = self.limits
+        return (
+            self.tokens < 0
+            or self.slots > _cap(limits.concurrent, share)
+            or self.requests > _cap(limits.rpm, share)
+            or self.tokens > _cap(limits.tpm, share)
+        )
 
 
-def _retrieved(task: asyncio.Future[Admission]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("background admission check failed: %s", task.exception())
+def _cap(limit: int | None, share: float) -> int:
+    """The most of `limit` an instance may hold unused."""
+    return int(limit * share) if limit else 0
 
 
 class RedisLimiter:
-    def __init__(self, url: str, lease_seconds: float = 900.0) -> None:
+    def __init__(
+        self, url: str, lease_seconds: float = 900.0, sync_seconds: float = 0.1, lease_share: float = 0.1
+    ) -> None:
         self.url = url
         self._lease = lease_seconds
+        self._every = sync_seconds
+        self._share = lease_share
         self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True)
-        self._admit = self._redis.register_script(_ADMIT)
-        self._settle = self._redis.register_script(_SETTLE)
-        self._slots = 0
-        self._instance = secrets.token_hex(8)  # slot ids must differ between instances
-        self._flights: dict[str, _Flight] = {}
+        self._sync_script = self._redis.register_script(_SYNC)
+        self._instance = secrets.token_hex(8)  # slot counts are per instance
+        self._keys: dict[str, _Key] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self._syncs: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ the request path (no round trip)
 
     async def admit(self, key_id: str, limits: KeyLimits, tokens: int) -> Admission:
-        """Admit at once when Redis admitted this key's last request here and no answer is outstanding,
-        and check in the background; otherwise wait for Redis. So at most one request per instance gets
-        past a limit just crossed, and the common request pays no round trip."""
-        slot = self._new_slot() if limits.concurrent else ""
-        flight = self._flights.get(key_id)
-        if flight is None:
-            flight = self._flights[key_id] = _Flight()
-        pending = flight.pending
-        if flight.trusted and (pending is None or pending.done()):
-            task = asyncio.ensure_future(self._remote(flight, key_id, limits, tokens, slot))
-            task.add_done_callback(_retrieved)
-            flight.pending = task
-            return Admission(slot=slot or None)
-        if pending is not None and not pending.done():
-            await asyncio.wait([pending])  # keep this key's admissions in order behind the outstanding one
-        return await self._remote(flight, key_id, limits, tokens, slot)
+        key = self._keys.get(key_id)
+        if key is None:
+            key = self._keys[key_id] = _Key(limits)
+            self._tick_later()
+        key.limits = limits
+        found = key.local(limits, tokens, time.monotonic() - 2 * self._every - 1.0)
+        if found is not None:
+            return found
+        waiter: asyncio.Future[Admission] = asyncio.get_running_loop().create_future()
+        key.waiters.append((waiter, tokens))
+        if not key.syncing:
+            self._start_sync(key_id, key)
+        return await waiter
 
-    def _new_slot(self) -> str:
-        self._slots += 1
-        return f"{self._instance}:{self._slots}"
+    def settle(self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float) -> None:
+        """Hand the slot back and note what is owed; the next sync tells Redis."""
+        key = self._keys.get(key_id)
+        if key is None:  # the key went quiet and was handed back while this request ran: owe it directly
+            key = self._keys[key_id] = _Key(limits)
+            self._tick_later()
+        if admission.slot is not None:
+            key.in_flight = max(0, key.in_flight - 1)
+            key.slots += 1
+        key.tokens -= tokens
+        key.cost += cost_usd
 
-    async def _remote(self, flight: _Flight, key_id: str, limits: KeyLimits, tokens: int, slot: str) -> Admission:
+    # ------------------------------------------------------------------ syncing with Redis
+
+    def _start_sync(self, key_id: str, key: _Key, final: bool = False) -> None:
+        key.syncing = True
+        task = asyncio.ensure_future(self._sync(key_id, key, final))
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+
+    async def _sync(self, key_id: str, key: _Key, final: bool) -> None:
+        """Sync until no request of the key waits (those arriving during one sync wait for the next).
+        A failure reaches the waiting requests (their 503); what is owed stays owed, for the next tick."""
+        try:
+            while True:
+                waiters, key.waiters = key.waiters, []
+                try:
+                    await self._sync_once(key_id, key, waiters, final and not waiters)
+                except StoreError as exc:
+                    log.warning("syncing key %s with the shared limiter failed: %s", key_id, exc)
+                    if final:
+                        self._keys.setdefault(key_id, key)
+                        self._tick_later()
+                    return
+                if not key.waiters:
+                    return
+        finally:
+            key.syncing = False
+
+    async def _sync_once(
+        self, key_id: str, key: _Key, waiters: list[tuple[asyncio.Future[Admission], int]], final: bool
+    ) -> None:
+        limits = key.limits
+        share = 0.0 if final else self._share
+        cap_r, cap_t, cap_s = _cap(limits.rpm, share), _cap(limits.tpm, share), _cap(limits.concurrent, share)
+        # Hand back what is held beyond the cap; lease what the last interval used, twice over, up to it.
+        back_r, back_s = max(0, key.requests - cap_r), max(0, key.slots - cap_s)
+        back_t = key.tokens - min(cap_t, max(0, key.tokens))  # negative: tokens used beyond the lease, charged
+        want_r = max(0, min(cap_r, 2 * key.used) - key.requests + back_r) if limits.rpm else 0
+        want_t = max(0, min(cap_t, 2 * key.used_tokens) - key.tokens + back_t) if limits.tpm else 0
+        want_s = max(0, min(cap_s, 2 * key.used) - key.slots + back_s) if limits.concurrent else 0
+        cost = key.cost
+        key.requests -= back_r
+        key.tokens -= back_t
+        key.slots -= back_s
+        key.cost = 0.0
+        key.used = key.used_tokens = 0
         periods = Periods.at(time.time())
         args = [
             _n(limits.rpm),
@@ -168,35 +326,84 @@ class RedisLimiter:
             _n(limits.concurrent),
             _n(limits.daily_usd),
             _n(limits.monthly_usd),
-            str(tokens),
-            slot,
+            self._instance,
             repr(self._lease),
             repr(periods.day_ends),
             repr(periods.month_ends),
+            str(want_r),
+            str(want_t),
+            str(want_s),
+            str(back_r),
+            str(back_t),
+            str(back_s),
+            repr(cost),
+            *(str(tokens) for _, tokens in waiters),
         ]
         try:
-            name, wait = await self._admit(keys=_keys(key_id, periods), args=args)
+            result = await self._sync_script(keys=_keys(key_id, periods), args=args)
         except RedisError as exc:
-            flight.trusted = False
-            raise StoreError(f"ENGINE_REDIS: the limiter is unreachable: {type(exc).__name__}") from None
-        flight.trusted = not name
-        if name:
-            value = getattr(limits, name)
-            return Admission(Refusal(name, float(value), max(0.0, float(wait))))
-        return Admission(slot=slot or None)
+            key.requests += back_r  # still held and owed: the next sync tries again
+            key.tokens += back_t
+            key.slots += back_s
+            key.cost += cost
+            error = StoreError(f"ENGINE_REDIS: the limiter is unreachable: {type(exc).__name__}")
+            for waiter, _ in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            raise error from None
+        admitted, name, wait, got_r, got_t, got_s, day_usd, month_usd = result
+        key.synced = time.monotonic()
+        key.day, key.day_usd, key.month_usd = periods.day, float(day_usd), float(month_usd)
+        key.requests += int(got_r)
+        key.tokens += int(got_t)
+        key.slots += int(got_s)
+        refusal = Admission(Refusal(name, float(getattr(limits, name)), max(0.0, float(wait)))) if name else None
+        for index, (waiter, tokens) in enumerate(waiters):
+            if index < int(admitted):
+                key.used += 1
+                key.used_tokens += tokens
+                if limits.concurrent:
+                    key.in_flight += 1
+                admission = _HOLDING if limits.concurrent else Admission()
+            else:
+                assert refusal is not None, "Redis admits a prefix of the waiters and names why it stopped"
+                admission = refusal
+            if not waiter.done():
+                waiter.set_result(admission)
+            elif admission is not refusal:  # the client left while it waited: it hands back what it took
+                key.requests += 1 if limits.rpm else 0
+                key.tokens += tokens if limits.tpm else 0
+                if limits.concurrent:
+                    key.in_flight -= 1
+                    key.slots += 1
 
-    async def settle(self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float) -> None:
-        periods = Periods.at(time.time())
-        _rpm, tpm_key, slots, day, month = _keys(key_id, periods)
-        args = [
-            _n(limits.tpm),
-            str(tokens),
-            admission.slot or "",
-            repr(cost_usd),
-            repr(periods.day_ends),
-            repr(periods.month_ends),
-        ]
-        await self._settle(keys=(tpm_key, slots, day, month), args=args)
+    def _tick_later(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Every `sync_seconds` while any key is held here: sync the keys used or owing since the last
+        tick; hand back, and forget, the keys quiet for a while."""
+        while self._keys and not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._every)
+            now = time.monotonic()
+            for key_id, key in list(self._keys.items()):
+                if key.syncing:
+                    continue
+                owes = (
+                    key.cost
+                    or key.used
+                    or key.surplus(self._share)
+                    or (key.in_flight and now - key.synced > self._lease / 3)
+                )
+                quiet = not key.in_flight and not key.used and now - key.synced > 1.0
+                if quiet:
+                    del self._keys[key_id]
+                    if key.requests or key.tokens or key.slots or key.cost:
+                        self._start_sync(key_id, key, final=True)
+                elif owes:
+                    self._start_sync(key_id, key)
 
     async def seed_spend(self, periods: Periods, day: Mapping[str, float], month: Mapping[str, float]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -206,4 +413,15 @@ class RedisLimiter:
             await pipe.execute()
 
     async def close(self) -> None:
+        """Settle everything owed and hand back everything held, then disconnect."""
+        self._closing.set()
+        if self._ticker is not None:
+            await self._ticker
+        while self._syncs:
+            await asyncio.gather(*self._syncs, return_exceptions=True)
+        for key_id, key in list(self._keys.items()):
+            if key.requests or key.tokens or key.slots or key.cost:
+                self._start_sync(key_id, key, final=True)
+        await asyncio.gather(*self._syncs, return_exceptions=True)
+        self._keys.clear()
         await self._redis.aclose()
