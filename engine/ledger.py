@@ -18,8 +18,9 @@ import logging
 import operator
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from engine.spec.models import LedgerPolicy, Price
@@ -42,6 +43,8 @@ def cost_of(usage: Usage, price: Price | None) -> float:
     """USD for `usage` at `price`: tokens and characters are priced per million, other units one by one."""
     if price is None:
         return 0.0
+    if not (usage.cached_tokens or usage.cache_write_tokens or _has_units(usage)):  # most answers: one line
+        return (usage.prompt_tokens * price.input + usage.completion_tokens * price.output) / 1_000_000
     cached = min(usage.cached_tokens, usage.prompt_tokens) if price.cached_input is not None else 0
     written = min(usage.cache_write_tokens, usage.prompt_tokens - cached) if price.cache_write is not None else 0
     per_million = (
@@ -87,11 +90,17 @@ _CUT_SHORT = frozenset({"client_closed", "stream_broken", "timeout"})  # streams
 
 
 _unit_values = operator.attrgetter(*UNIT_FIELDS)
+_NO_UNITS: Mapping[str, float] = MappingProxyType({})  # shared by every token-only row, so read-only
 
 
-def _units(usage: Usage) -> dict[str, float]:
-    values = _unit_values(usage)
-    return {name: value for name, value in zip(UNIT_FIELDS, values, strict=True) if value} if any(values) else {}
+def _has_units(usage: Usage) -> bool:
+    return bool(usage.images or usage.characters or usage.audio_seconds or usage.video_seconds)
+
+
+def _units(usage: Usage) -> Mapping[str, float]:
+    if not _has_units(usage):
+        return _NO_UNITS
+    return {name: value for name, value in zip(UNIT_FIELDS, _unit_values(usage), strict=True) if value}
 
 
 def receipt_of(row: UsageRow) -> dict[str, Any]:
@@ -117,11 +126,11 @@ class Recorder:
     def __init__(self, ledger: Ledger, policy: LedgerPolicy) -> None:
         self._ledger = ledger
         self._policy = policy
+        self._batch_rows = policy.batch_rows
         self._pending: list[UsageRow] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self.listeners: list[Callable[[UsageRow], None]] = []  # e.g. the limiter, for tokens and spend
 
     def finish(self, trip: Trip, usage: Usage | None, status: int, outcome: str = "ok") -> UsageRow | None:
         """Record the trip once (a stream's relay and its error path may both try): a row if it reached a
@@ -167,10 +176,9 @@ class Recorder:
         )
 
     def add(self, row: UsageRow) -> None:
-        self._pending.append(row)
-        for listener in self.listeners:
-            listener(row)
-        if len(self._pending) >= self._policy.batch_rows:
+        pending = self._pending
+        pending.append(row)
+        if len(pending) >= self._batch_rows:
             self._wake.set()
 
     async def flush(self) -> int:

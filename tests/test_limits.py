@@ -1,7 +1,6 @@
 """Limits on every limiter backend (in-process always, Redis when it runs): admission never overshoots
-under concurrency by more than one request (the shared limiter admits a key's request before Redis
-answers while the previous one was admitted), refusals say which limit and when to retry, and settling
-hands back what was taken."""
+under concurrency (tokens are post-paid: the estimate at admission, the rest when settled), refusals say
+which limit and when to retry, and settling hands back what was taken."""
 
 from __future__ import annotations
 
