@@ -491,8 +491,11 @@ def _package(frame: str) -> str:
     return where.split("/")[0].split(":")[0].removesuffix(".py")
 
 
-def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out: Path) -> list[str]:
-    """Sample a server with py-spy while it serves concurrency 16; returns the lines of a hotspot table.
+def profile_gateway(
+    target: Target, seconds: float, loadgen: LoadGenerator, out: Path, stream: bool = False
+) -> list[str]:
+    """Sample a server with py-spy while it serves concurrency 16 (streamed answers with `stream`); returns
+    the lines of a hotspot table.
 
     py-spy is not a project dependency (`.venv/bin/pip install py-spy`). Self time by package says whose code
     burns the CPU (uvicorn, litestar, httpx, aiohttp, pydantic, engine, ...); multiplied by the CPU per request
@@ -506,7 +509,7 @@ def profile_gateway(target: Target, seconds: float, loadgen: LoadGenerator, out:
     argv = [spy, "record", "-p", str(target.pid), "-d", f"{seconds:g}", "-r", "200", "-f", "raw", "-o", str(out)]
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as spy_process:
         time.sleep(0.5)
-        load = loadgen.run(target, 16, seconds + 1)
+        load = loadgen.run(target, 16, seconds + 1, stream)
         _, stderr = spy_process.communicate(timeout=seconds + 30)
     if not out.exists():
         return [f"py-spy failed: {stderr.decode(errors='replace').strip()[-500:]}"]
@@ -1197,12 +1200,16 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
 
     if args.profile:
         results["profile"] = {}
-        for target in targets[1:]:  # the floor too: the same table for both shows where the gap is
-            print(f"\n[6] py-spy profile of {target.name} at concurrency 16, {args.profile:g} s")
-            raw = args.profile_raw.with_suffix(f".{target.name}.txt") if args.profile_raw else None
-            lines = profile_gateway(target, args.profile, loadgen, raw or workdir / f"profile-{target.name}.txt")
-            results["profile"][target.name] = lines
-            print("\n".join(f"  {x}" for x in lines))
+        for stream in (False, True) if args.profile_stream else (False,):
+            kind = "-stream" if stream else ""
+            for target in targets[1:]:  # the floor too: the same table for both shows where the gap is
+                what = "streamed answers" if stream else "JSON answers"
+                print(f"\n[6] py-spy profile of {target.name} at concurrency 16, {what}, {args.profile:g} s")
+                name = f"{target.name}{kind}"
+                raw = args.profile_raw.with_suffix(f".{name}.txt") if args.profile_raw else None
+                lines = profile_gateway(target, args.profile, loadgen, raw or workdir / f"profile-{name}.txt", stream)
+                results["profile"][name] = lines
+                print("\n".join(f"  {x}" for x in lines))
 
     if args.soak:
         gateway = targets[1]
@@ -1265,6 +1272,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"streams of {RELAY_CHUNKS} chunks per target per round for the relay cost (default 10; 0 skips it)",
     )
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS", help="py-spy the gateway under load")
+    parser.add_argument(
+        "--profile-stream", action="store_true", help="with --profile: also profile under streaming load"
+    )
     parser.add_argument(
         "--profile-raw", type=Path, metavar="FILE", help="keep py-spy's raw samples in FILE.<target>.txt"
     )
