@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import msgspec
 from litestar import Response
-from litestar.response import Stream
 
 from engine import carry_store
 from engine.answers import AnswerRefused
@@ -32,7 +31,7 @@ from engine.errors import Failure, GatewayError, Kind, upstream_failure
 from engine.gateway import Gateway
 from engine.ledger import Trip, receipt_of
 from engine.lower import UpstreamRequest
-from engine.respond import JSONAnswer, batched
+from engine.respond import JSONAnswer, StreamAnswer, batched
 from engine.sanitize import Sanitizer
 from engine.shapes.base import Renderer, Sanitize
 from engine.timeouts import CALLER, PHASES, PhaseTimeout, Watch, WatchedStream, seconds_of
@@ -219,7 +218,8 @@ async def _proxy(
         finally:
             timer.upstream += time.perf_counter() - began
         relay = _relay(gw, upstream, trip, response, items, renderer, sanitize, limits)
-        return Stream(batched(relay), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        headers["cache-control"] = "no-cache"
+        return StreamAnswer(batched(relay), "text/event-stream", headers, CALLER.get())
     if answer == "bytes":
         timer.upstream += time.perf_counter() - began
         for name in _BYTES_HEADERS:
@@ -229,7 +229,7 @@ async def _proxy(
         media_type = response.headers.get("content-type") or "application/octet-stream"
         if upstream.settle is not None:
             await upstream.settle(call, None, trip.key_id)
-        return Stream(_relay_bytes(gw, upstream, trip, response), media_type=media_type, headers=headers)
+        return StreamAnswer(_relay_bytes(gw, upstream, trip, response), media_type, headers, CALLER.get())
 
     try:
         raw = await _read(upstream, response, read_decoded, limits.answer_bytes)

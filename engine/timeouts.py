@@ -116,17 +116,19 @@ class Caller:
     Set per request by the route handler (`CALLER`); the attempt machinery reads it from there, so no
     operation's signature has to carry it."""
 
-    __slots__ = ("_listener", "deadline", "gone", "receive", "task")
+    __slots__ = ("_asked", "_listener", "deadline", "gone", "receive", "task")
 
     def __init__(self, receive: Receive | None, deadline: float | None = None) -> None:
         self.receive = receive
         self.deadline = deadline
         self.task: asyncio.Task[Any] | None = asyncio.current_task()
         self.gone = False
+        self._asked = False  # listening was asked for (a slow request): a resumed stream listens at once
         self._listener: asyncio.Task[None] | None = None
 
     def listen(self) -> None:
         """Start listening for the client's disconnect (once); it cancels the request's task."""
+        self._asked = True
         if self._listener is None and self.receive is not None and self.task is not None:
             self._listener = asyncio.get_running_loop().create_task(self._listen(self.receive, self.task))
 
@@ -140,11 +142,20 @@ class Caller:
                 return
 
     def stop(self) -> None:
-        """The handler is done (a stream it returned is Litestar's to watch): listen no more, and never again."""
+        """The handler (or the stream it returned) is done: listen no more, until `resume`."""
         self.task = None
         if self._listener is not None:
             self._listener.cancel()
             self._listener = None
+
+    def resume(self) -> asyncio.Task[Any] | None:
+        """A stream the handler returned is being sent, by this task (`engine.respond.StreamAnswer`): the
+        client's disconnect cancels it again, listened for at once if the request was already slow, else when
+        its attempt's watch asks. Returns the task a disconnect cancels."""
+        self.task = asyncio.current_task()
+        if self._asked:
+            self.listen()
+        return self.task
 
 
 CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("engine_caller", default=None)

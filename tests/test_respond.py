@@ -1,4 +1,6 @@
-"""Relayed streams are written in batches: what is ready goes out together, in order, and nothing else changes."""
+"""Relayed streams are written in batches: what is ready goes out together, in order, and nothing else changes.
+A relayed stream is its own ASGI answer: a short one starts no listener, and a client that leaves a long one
+cancels it, clean-up included."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine.respond import batched
+from engine.respond import StreamAnswer, batched
+from engine.timeouts import Caller
 
 
 def collect(frames: AsyncIterator[bytes]) -> list[bytes]:
@@ -92,3 +95,73 @@ def test_a_writer_far_behind_holds_the_relay_at_a_bounded_backlog() -> None:
         return ahead
 
     assert asyncio.run(run()) <= 1 + 64 + 1
+
+
+class Client:
+    """An ASGI client whose disconnect is set by the test; records what was sent and how often it was read."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+        self.receives = 0
+        self.left = asyncio.Event()
+
+    async def receive(self) -> dict[str, object]:
+        self.receives += 1
+        await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, object]) -> None:
+        self.sent.append(message)
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")  # type: ignore[misc]
+
+
+async def serve(answer: StreamAnswer, client: Client) -> None:
+    await answer({"type": "http"}, client.receive, client.send)  # type: ignore[arg-type]
+
+
+def test_a_short_stream_is_sent_whole_without_listening_for_the_client() -> None:
+    async def run() -> Client:
+        client = Client()
+        caller = Caller(client.receive)
+        caller.stop()  # as the handler does on returning the answer
+        frames = frames_of([b"data: a\n\n", b"data: b\n\n"])
+        await serve(StreamAnswer(frames, "text/event-stream", {"x-compose-attempts": "1"}, caller), client)
+        return client
+
+    client = asyncio.run(run())
+    start = client.sent[0]
+    assert start["type"] == "http.response.start" and start["status"] == 200
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]  # type: ignore[operator]
+    assert (b"x-compose-attempts", b"1") in start["headers"]  # type: ignore[operator]
+    assert client.body() == b"data: a\n\ndata: b\n\n"
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert client.receives == 0, "a fast stream paid for a disconnect listener"
+
+
+def test_a_client_leaving_a_slow_stream_cancels_it_and_its_clean_up_runs() -> None:
+    cleaned = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            yield b"a"
+            await asyncio.Event().wait()  # an upstream that never sends more
+        finally:
+            cleaned.set()
+
+    async def run() -> Client:
+        client = Client()
+        caller = Caller(client.receive)
+        caller.listen()  # the attempt's watch found the request slow while the handler ran
+        caller.stop()
+        serving = asyncio.ensure_future(serve(StreamAnswer(endless(), "text/event-stream", {}, caller), client))
+        await asyncio.sleep(0.01)
+        assert client.body() == b"a"
+        client.left.set()
+        await asyncio.wait_for(serving, timeout=5)  # ends quietly: nobody is left to answer
+        await asyncio.wait_for(cleaned.wait(), timeout=5)
+        assert caller.gone
+        return client
+
+    asyncio.run(run())
