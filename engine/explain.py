@@ -29,6 +29,11 @@ class Found:
     delivered: str  # how the client learns of it
 
 
+def _call(provider: Provider, stream: bool = False) -> Call:
+    """A live request's Call, as far as raising an error depends on it: the spec's finish-reason table."""
+    return Call("recorded", "recorded", stream=stream, finish_reasons=provider.spec.finish_reasons)
+
+
 def _in_json(provider: Provider, status: int, body: bytes) -> Found:
     if status >= 400:
         return Found(provider.wire.error_of(body), status, "http_status")
@@ -41,7 +46,7 @@ def _in_json(provider: Provider, status: int, body: bytes) -> Found:
     refused = provider.answers.apply(doc) if provider.answers is not None else None
     if refused is not None:
         return Found(refused, None, "http_status")
-    raised = provider.wire.raise_json(doc, Call("recorded", "recorded"))
+    raised = provider.wire.raise_json(doc, _call(provider))
     if isinstance(raised, UpstreamError):
         return Found(raised, None, "http_status")
     return Found(None, None, "not an error: the answer is raised as a success")
@@ -56,7 +61,7 @@ async def _in_stream(provider: Provider, body: bytes) -> Found:
         events = provider.answers.events(events)
     relayed = 0
     try:
-        async for item in provider.wire.raise_stream(events, Call("recorded", "recorded", stream=True)):
+        async for item in provider.wire.raise_stream(events, _call(provider, stream=True)):
             if isinstance(item, UpstreamError):
                 return Found(item, None, _where(relayed))
             relayed += 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
@@ -47,6 +47,7 @@ from engine.wires.base import (
     chat_usage,
     error_from_doc,
     event_object,
+    finish_of,
 )
 from engine.wires.sse import Event
 
@@ -66,15 +67,6 @@ _REFUSED = {
     "function_call": "legacy functions (use `tool_choice`)",
 }
 _PASSED = ("temperature", "top_p", "top_k", "thinking", "output_config")
-_STOP_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 # Anthropic's error types and the HTTP status each stands for (docs.claude.com/en/api/errors), for errors
 # that arrive inside a 200 stream.
 ERROR_STATUS = {
@@ -382,6 +374,9 @@ class AnthropicMessagesWire:
                 }
                 for block in calls
             ]
+        finish = finish_of(doc.get("stop_reason"), call, bool(calls), "Anthropic")
+        if isinstance(finish, UpstreamError):
+            return finish
         usage = call.usage or Usage()
         return {
             "id": doc.get("id"),
@@ -393,7 +388,7 @@ class AnthropicMessagesWire:
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": _STOP_REASONS.get(doc.get("stop_reason") or "", "stop"),
+                    "finish_reason": finish,
                 }
             ],
             "usage": chat_usage(usage),
@@ -477,7 +472,7 @@ class _StreamState(ChunkWriter):
         self.tool_index: dict[int, int] = {}  # content index → chat tool-call index
         self.stop_reason: str | None = None
 
-    def on(self, kind: str | None, data: JSON) -> list[JSON]:
+    def on(self, kind: str | None, data: JSON) -> Sequence[JSON | UpstreamError]:
         if kind == "message_start":
             message = data.get("message") or {}
             self.id = message.get("id") or self.id
@@ -550,10 +545,12 @@ class _StreamState(ChunkWriter):
             ]
         return []
 
-    def _finish(self) -> list[JSON]:
+    def _finish(self) -> list[JSON | UpstreamError]:
         self.call.usage = usage_of(self.counts)
-        finish = _STOP_REASONS.get(self.stop_reason or "", "stop")
-        chunks = [self.chunk({}, finish)]
+        finish = finish_of(self.stop_reason, self.call, bool(self.tool_index), "Anthropic")
+        if isinstance(finish, UpstreamError):
+            return [finish]
+        chunks: list[JSON | UpstreamError] = [self.chunk({}, finish)]
         if self.call.include_usage and self.call.usage is not None:
             chunks.append(self.usage_chunk(self.call.usage))
         return chunks

@@ -206,6 +206,18 @@ class Call:
     created: int = 0  # unix time the request was lowered: `created` for wires whose answers carry none
 
 
+def finish_of(reason: str | None, call: Call, has_calls: bool, provider: str) -> str | UpstreamError:
+    """An upstream finish reason → OpenAI's, by the provider spec's `finish_reasons` table (unlisted
+    reasons are `stop`). `stop` on an answer that made tool calls is `tool_calls`; `content_filter` is the
+    answer stopped by the provider's filter, raised as an `answer_blocked` error that routes.toml's
+    content-filter rule answers."""
+    mapped = call.finish_reasons.get(reason or "", "stop")
+    if mapped == "content_filter":
+        message = f"{provider} stopped the answer ({reason})."
+        return UpstreamError(message=message, type="answer_blocked", code=reason, status=400)
+    return "tool_calls" if mapped == "stop" and has_calls else mapped
+
+
 class Wire(Protocol):
     """A codec may also name a `carrier` family (a class attribute, e.g. `carrier = "gemini"`): it then
     packs state into the tool-call ids it raises (`engine.carry.pack`) and finds that state again in

@@ -37,6 +37,7 @@ from engine.wires.base import (
     Usage,
     chat_usage,
     event_object,
+    finish_of,
 )
 from engine.wires.openai_responses import text_of
 from engine.wires.sse import Event
@@ -350,12 +351,6 @@ def blocked(doc: JSON) -> UpstreamError | None:
     return None
 
 
-def _stopped(reason: str) -> UpstreamError:
-    return UpstreamError(
-        message=f"Gemini stopped the answer ({reason}).", type="answer_blocked", code=reason, status=400
-    )
-
-
 @dataclass
 class _Step:
     """What one answer (one candidate) has produced so far: text, thoughts, function calls."""
@@ -413,13 +408,7 @@ class _Step:
 
 
 def _finish(step: _Step, call: Call) -> str | UpstreamError:
-    reason = step.finish or "STOP"
-    mapped = call.finish_reasons.get(reason, "stop")
-    if mapped == "content_filter":
-        return _stopped(reason)
-    if mapped == "stop" and step.calls:
-        return "tool_calls"
-    return mapped
+    return finish_of(step.finish or "STOP", call, bool(step.calls), "Gemini")
 
 
 def _candidate(doc: JSON) -> JSON:
