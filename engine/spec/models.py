@@ -742,13 +742,30 @@ class AnswerError(Strict):
     message: str = Field(description="The upstream error's message (the error rules may still replace it).")
 
 
+class ContentPart(Strict):
+    """One type of typed content part a provider answers with, and which chat field its text joins."""
+
+    into: Literal["content", "reasoning_content"] = Field(description="The chat field the part's text joins.")
+    text: AnswerPath = Field(
+        description="Where the part's text is, inside the part (`text`; `thinking[].text` for a list of texts)."
+    )
+
+
 class Answers(Strict):
     """What a provider adds to its answers, handled before the wire codec raises them: fields removed from
-    JSON bodies and from every stream chunk, and the answers that are refusals."""
+    JSON bodies and from every stream chunk, the answers that are refusals, and content that comes as a
+    list of typed parts where OpenAI's clients expect text."""
 
     why: str | None = None
     drop: list[FieldPath] = Field(default_factory=list, description="Paths removed from every answer and chunk.")
     errors: list[AnswerError] = Field(default_factory=list)
+    content_parts: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")], ContentPart] = Field(
+        default_factory=dict,
+        description="A chat answer whose `choices[].message.content` (or a stream chunk's `choices[].delta.content`)"
+        " is a list of typed parts: each part type listed here → the field its text joins, in order (e.g."
+        " `thinking` parts → `reasoning_content`, `text` parts → `content`). Parts of other types are dropped;"
+        " a content that is already a string passes as it is.",
+    )
 
 
 class ProviderSpec(Strict):
