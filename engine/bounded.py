@@ -10,7 +10,7 @@ An identity body costs one length check per chunk.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -73,12 +73,20 @@ def _decoder(response: httpx.Response) -> _Inflate | None:
     raise UnsupportedEncoding(f"an answer in content-encoding {encoding!r}, which the gateway did not ask for")
 
 
-async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+def _raw(response: httpx.Response) -> AsyncIterable[bytes]:
+    """The answer's bytes as they arrive: its transport's stream itself, without `Response.aiter_raw`'s layers
+    (a re-chunker and a request context around every read, two generators deep). The caller closes the
+    response, which closes the stream."""
     if response.is_stream_consumed:  # built in memory (httpx reads such bodies, decoded, at construction)
-        yield response.content
-        return
-    async for raw in response.aiter_raw():
-        yield raw
+        return _held(response.content)
+    stream = response.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise TypeError("an upstream answer must be read from an async stream")
+    return stream
+
+
+async def _held(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 def _decoder_of(response: httpx.Response) -> _Inflate | None:
@@ -99,8 +107,17 @@ async def iter_decoded(response: httpx.Response, limit: int) -> AsyncIterator[by
 
 
 async def read_decoded(response: httpx.Response, limit: int) -> bytes:
-    """The whole decoded answer; `AnswerTooLarge` past `limit`. The caller closes the response."""
-    parts = [chunk async for chunk in iter_decoded(response, limit)]
+    """The whole decoded answer; `AnswerTooLarge` past `limit`. The caller closes the response.
+    (`iter_decoded`'s loop, without a generator around it: a JSON answer is most often one read.)"""
+    decoder = _decoder_of(response)
+    parts = []
+    seen = 0
+    async for raw in _raw(response):
+        chunk = raw if decoder is None else decoder.feed(raw, limit - seen)
+        seen += len(chunk)
+        if seen > limit:
+            raise AnswerTooLarge(f"more than {limit} bytes")
+        parts.append(chunk)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 

@@ -23,7 +23,7 @@ import base64
 import contextvars
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,16 +92,6 @@ async def enter(store: CarryStore, key_id: str, body: dict[str, Any], ttl_second
         scope.fetched = await store.get_carried(key_id, refs, time.time())
     _SCOPE.set(scope)
     return scope
-
-
-async def flushing(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """`items`, then the request's outbox written: before the stream's last frame reaches the client, so
-    the client's next turn finds the state it refers to."""
-    scope = _SCOPE.get()
-    async for item in items:
-        yield item
-    if scope is not None:
-        await scope.flush()
 
 
 async def flush() -> None:

@@ -59,14 +59,19 @@ def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest, trip: Trip) -> di
 def _forwarded(gw: Gateway, response: httpx.Response, sanitize: Sanitizer) -> dict[str, str]:
     """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error, redacted."""
     wanted = gw.forward_headers.fullmatch
-    forwarded = {k: sanitize.header(v) for k, v in response.headers.items() if wanted(k)}
     name = gw.specs.routes.headers.upstream_request_id
-    if name:
-        for source in gw.specs.routes.sanitize.request_id_headers:
-            value = response.headers.get(source)
-            if value:
-                forwarded[name] = sanitize.header(value[:128])
-                break
+    sources = [s.lower() for s in gw.specs.routes.sanitize.request_id_headers] if name else []
+    kept: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for key, value in response.headers.multi_items():  # one pass; names are lower-case
+        if wanted(key):
+            kept[key] = f"{kept[key]}, {value}" if key in kept else value  # as `Headers.items()` joins repeats
+        if key in sources and value and key not in ids:
+            ids[key] = value
+    forwarded = {k: sanitize.header(v) for k, v in kept.items()}
+    found = next((ids[source] for source in sources if source in ids), None)
+    if name and found:
+        forwarded[name] = sanitize.header(found[:128])
     return forwarded
 
 
@@ -98,6 +103,26 @@ def _timeout(connect: float) -> dict[str, float | None]:
     return httpx.Timeout(None, connect=connect).as_dict()
 
 
+def _request(upstream: UpstreamRequest, connect: float) -> httpx.Request:
+    """The `httpx.Request` of a lowered request, built from its encoded body as a ready stream.
+
+    httpx's `content=` path normalises every header twice and adds `Host` and `Content-Length`: ~45 % of
+    building a request, for headers the transport (aiohttp) derives itself from the URL and the body. A
+    multipart body, whose length the lowering already put in its headers, is streamed as it is read."""
+    extensions = {"timeout": _timeout(connect)}
+    url = _parsed_url(upstream.url)
+    kind = upstream.body_kind
+    if kind == "multipart":
+        return httpx.Request(
+            upstream.method, url, headers=upstream.headers, content=upstream.body.stream(), extensions=extensions
+        )
+    body = httpx.ByteStream(_encode(upstream.body) if kind == "json" else b"")
+    request = httpx.Request(upstream.method, url, headers=upstream.headers, stream=body, extensions=extensions)
+    request.headers.encoding = "ascii"  # str headers became bytes as ASCII, or httpx refused them: no guessing
+    request.read()  # `request.content` is then the whole body, sent in one write
+    return request
+
+
 async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
     """The request exactly as lowered: no client-level default headers are merged in, so what
     `engine lower` and the snapshots show is what the provider receives. It waits for a slot in the
@@ -106,14 +131,7 @@ async def send(gw: Gateway, upstream: UpstreamRequest) -> httpx.Response:
     `engine.attempts` decides whether it is tried again."""
     provider = upstream.candidate.provider
     timeouts = provider.spec.timeouts
-    kind = upstream.body_kind
-    request = httpx.Request(
-        upstream.method,
-        _parsed_url(upstream.url),
-        headers=upstream.headers,
-        content=_encode(upstream.body) if kind == "json" else upstream.body.stream() if kind == "multipart" else None,
-        extensions={"timeout": _timeout(timeouts.connect)},
-    )
+    request = _request(upstream, timeouts.connect)
     pool = gw.pools[provider.id]
     if not pool.take():
         try:
@@ -331,11 +349,12 @@ async def _committed(
     answers = upstream.candidate.provider.answers
     if answers is not None:
         events = answers.events(events)
-    items = _stripped(gw, carry_store.flushing(upstream.choice.wire.raise_stream(events, upstream.call)), trip)
+    raised = upstream.choice.wire.raise_stream(events, upstream.call)
+    search = _strip_search(gw.strip_fields)
     try:
-        first = await anext(items)
+        first = _stripped_item(gw, await anext(raised), trip, search)
     except StopAsyncIteration:
-        return items
+        return _stripped(gw, (), raised, trip, search)
     except AnswerRefused as refused:
         await response.aclose()
         raise _upstream_error(gw, upstream, response, sanitize, None, refused.error) from None
@@ -354,18 +373,11 @@ async def _committed(
         await response.aclose()
         raise
     if isinstance(first, UpstreamError):
-        await items.aclose()
+        if isinstance(raised, AsyncGenerator):
+            await raised.aclose()
         await response.aclose()
         raise _upstream_error(gw, upstream, response, sanitize, None, first)
-    return _prepended(first, items)
-
-
-async def _prepended(
-    first: StreamItem | UpstreamError, rest: AsyncIterator[StreamItem | UpstreamError]
-) -> AsyncIterator[StreamItem | UpstreamError]:
-    yield first
-    async for item in rest:
-        yield item
+    return _stripped(gw, (first,), raised, trip, search)
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
@@ -424,22 +436,43 @@ async def _read(
         await response.aclose()
 
 
+@functools.lru_cache(maxsize=16)
+def _strip_search(fields: frozenset[str]) -> Callable[[bytes], object]:
+    """One search per chunk for any stripped field's key; a pattern that never matches when none is stripped."""
+    return re.compile(b"|".join(re.escape(f'"{f}"'.encode()) for f in sorted(fields)) or b"(?!)").search
+
+
+def _stripped_item(
+    gw: Gateway, item: StreamItem | UpstreamError, trip: Trip, search: Callable[[bytes], object]
+) -> StreamItem | UpstreamError:
+    """One raised item without the fields routes.toml strips (untouched chunks keep their bytes), counted:
+    the ledger's estimate should the stream be cut short."""
+    trip.chunks += 1
+    if isinstance(item, UpstreamError):
+        trip.stream_error = True
+    elif isinstance(item, bytes) and search(item):
+        item = _strip(gw, _decode(item))
+    elif isinstance(item, dict):
+        item = _strip(gw, item)
+    return item
+
+
 async def _stripped(
-    gw: Gateway, items: AsyncIterator[StreamItem | UpstreamError], trip: Trip
+    gw: Gateway,
+    first: tuple[StreamItem | UpstreamError, ...],
+    rest: AsyncIterator[StreamItem | UpstreamError],
+    trip: Trip,
+    search: Callable[[bytes], object],
 ) -> AsyncGenerator[StreamItem | UpstreamError]:
-    """Remove the fields routes.toml strips from every chunk; untouched chunks keep their bytes.
-    Counts the chunks on the way: the ledger's estimate should the stream be cut short."""
-    # One search per chunk for any stripped field's key; a pattern that never matches when none is stripped.
-    marked = re.compile(b"|".join(re.escape(f'"{f}"'.encode()) for f in gw.strip_fields) or b"(?!)").search
-    async for item in items:
-        trip.chunks += 1
-        if isinstance(item, UpstreamError):
-            trip.stream_error = True
-        elif isinstance(item, bytes) and marked(item):
-            item = _strip(gw, _decode(item))
-        elif isinstance(item, dict):
-            item = _strip(gw, item)
+    """The raised stream as relayed: its first item (already seen by `_committed`), then the rest, each
+    `_stripped_item`; then the request's carried state is stored (`engine.carry_store`), before the stream's
+    last frame reaches the client, so that the client's next turn finds the state it refers to. One
+    generator for what were three layers, each paid on every event."""
+    for item in first:
         yield item
+    async for item in rest:
+        yield _stripped_item(gw, item, trip, search)
+    await carry_store.flush()
 
 
 async def _relay(

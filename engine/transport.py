@@ -16,6 +16,8 @@ log line, none of which the gateway uses, and together they were a quarter of th
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,15 +44,23 @@ def _map_exception(exc: BaseException, request: httpx.Request) -> httpx.Transpor
     return httpx.NetworkError(message, request=request)
 
 
+@functools.lru_cache(maxsize=256)
+def _timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)  # immutable: one per pair
+
+
 class _AiohttpStream(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
         self._response = response
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = self._response.content.readany  # what `iter_any()` loops over, one iterator object less per read
         try:
-            async for chunk in self._response.content.iter_any():
+            while chunk := await read():
                 yield chunk
+        except aiohttp.EofStream:
+            return
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_exception(exc, self._request) from None
 
@@ -96,20 +106,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=data,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=_timeout(timeout.get("connect"), timeout.get("read")),
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _map_exception(exc, request) from None
-        return httpx.Response(
+        answer = httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
             stream=_AiohttpStream(response, request),
             request=request,
         )
+        if b"".join(itertools.chain.from_iterable(response.raw_headers)).isascii():
+            answer.headers.encoding = "ascii"  # httpx would find that out by decoding every header, per response
+        return answer
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -147,7 +156,8 @@ class UpstreamClient(httpx.AsyncClient):
         hooks = self.event_hooks
         if redirects or credentials is not None or hooks["request"] or hooks["response"] or self.is_closed:
             return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
-        request.extensions.setdefault("timeout", self.timeout.as_dict())
+        if "timeout" not in request.extensions:
+            request.extensions["timeout"] = self.timeout.as_dict()
         response = await self._upstream.handle_async_request(request)
         response.request = request
         if not stream:
