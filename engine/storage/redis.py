@@ -272,6 +272,7 @@ class RedisLimiter:
             key.in_flight = max(0, key.in_flight - 1)
             key.slots += 1
         key.tokens -= tokens
+        key.used_tokens += tokens  # the next lease covers what requests really use, not just their estimates
         key.cost += cost_usd
 
     # ------------------------------------------------------------------ syncing with Redis

@@ -1,0 +1,162 @@
+"""Limits and the usage ledger, A/B against a tree from before them, on each storage backend (issue 12).
+
+    .venv/bin/python bench/limits.py --backend sqlite   --base /tmp/limits-base -- --rounds 8 --concurrency 16
+    .venv/bin/python bench/limits.py --backend pg-redis --base /tmp/limits-base -- --rounds 8 --concurrency 16
+
+`bench/run.py` does the measuring (one interleaved run, CPU per request from /proc); this script only starts
+what the backend needs and hands run.py two engine commands:
+
+- `gateway` is this checkout with every limit on for the bench key (rpm, tpm, concurrency, daily and
+  monthly budgets, all far above what the run uses), so every request is admitted, settled and recorded
+  as one ledger row. With `pg-redis` it runs on a PostgreSQL and a Redis started on loopback for the run
+  (tests/backends.py: temporary directories, stopped at the end), i.e. `ENGINE_DB=postgresql://…` and
+  `ENGINE_REDIS=redis://…`.
+- `gateway-b` is the `--base` checkout (the tree before the change), on run.py's SQLite file, the only
+  database it had. With `pg-redis`, the bench key is copied into that file from PostgreSQL first.
+
+Arguments after `--` go to run.py unchanged. The script is also its own engine wrapper (`engine` sub-command,
+used by the commands it gives run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Far above anything a bench run reaches: the limits are checked on every request but never refuse one.
+LIMIT_FLAGS = [
+    "--rpm",
+    "100000000",
+    "--tpm",
+    "1000000000000",
+    "--concurrent",
+    "100000",
+    "--daily-usd",
+    "1000000000",
+    "--monthly-usd",
+    "1000000000",
+]
+
+
+def copy_keys(postgres_url: str, sqlite_url: str) -> None:
+    """The bench key, created in PostgreSQL by `gateway`, into the base's SQLite file (schema made by the base)."""
+    import asyncpg
+
+    async def fetch() -> list[tuple[str, str, str, int]]:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            rows = await conn.fetch("SELECT id, name, digest, created_at FROM keys WHERE revoked_at IS NULL")
+        finally:
+            await conn.close()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    rows = asyncio.run(fetch())
+    with contextlib.closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as db, db:
+        db.executemany("INSERT OR IGNORE INTO keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)", rows)
+
+
+def engine(args: argparse.Namespace, rest: list[str]) -> int:
+    """Run one engine command in `--tree`, with the backend's environment (run.py calls this)."""
+    tree = Path(args.tree)
+    env = dict(os.environ, ENGINE_SPECS=str(tree / "specs"))
+    if args.db:
+        env["ENGINE_DB"] = args.db
+    if args.redis:
+        env["ENGINE_REDIS"] = args.redis
+    command = [sys.executable, "-m", "engine.cli", *rest]
+    if rest[:2] == ["keys", "create"] and args.limits:
+        command += LIMIT_FLAGS
+    if rest[:1] == ["serve"] and args.copy_keys_from:
+        made = subprocess.run([sys.executable, "-m", "engine.cli", "keys", "list"], cwd=tree, env=env, timeout=120)
+        if made.returncode != 0:
+            return made.returncode
+        sqlite = env["ENGINE_DB"]
+        copy_keys(args.copy_keys_from, sqlite if "://" in sqlite else f"sqlite:///{sqlite}")
+    os.chdir(tree)
+    os.execve(sys.executable, command, env)
+
+
+def compare(args: argparse.Namespace, rest: list[str]) -> int:
+    me = [sys.executable, str(Path(__file__).resolve()), "engine"]
+    base = Path(args.base).resolve()
+    with contextlib.ExitStack() as stack:
+        new = [*me, "--tree", str(REPO), "--limits"]
+        old = [*me, "--tree", str(base)]
+        if args.backend == "pg-redis":
+            from tests.backends import run_postgres, run_redis
+
+            postgres = stack.enter_context(run_postgres())
+            redis = stack.enter_context(run_redis())
+            new += ["--db", postgres.url(), "--redis", redis.url()]
+            old += ["--copy-keys-from", postgres.url()]
+            print(f"PostgreSQL on {postgres.url()}, Redis on {redis.url()}", flush=True)
+        command = [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--engine",
+            shlex.join([*new, "--"]),
+            "--compare-engine",
+            shlex.join([*old, "--"]),
+            *rest,
+        ]
+        code = subprocess.run(command, cwd=REPO).returncode
+        if args.backend == "pg-redis":
+            print(asyncio.run(recorded(postgres.url(), redis.url())))
+        return code
+
+
+async def recorded(postgres_url: str, redis_url: str) -> str:
+    """What the run left behind: proof that `gateway` admitted, settled and recorded every request."""
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        rows, spend = await conn.fetchrow("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM requests") or (0, 0)
+    finally:
+        await conn.close()
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        spent = [float(await client.get(name) or 0) async for name in client.scan_iter("lim:*:usd:*-*-*")]
+        stats = await client.info("commandstats")
+        syncs = sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+    finally:
+        await client.aclose()
+    return (
+        f"gateway's ledger: {rows} rows, {spend:.6f} USD; shared limiter's daily spend: {sum(spent):.6f} USD"
+        f" (equal: every request settled), in {syncs} limiter scripts run"
+    )
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    rest: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, rest = argv[:at], argv[at + 1 :]
+    if argv[:1] == ["engine"]:
+        wrapper = argparse.ArgumentParser(prog="bench/limits.py engine")
+        wrapper.add_argument("--tree", required=True)
+        wrapper.add_argument("--db")
+        wrapper.add_argument("--redis")
+        wrapper.add_argument("--limits", action="store_true")
+        wrapper.add_argument("--copy-keys-from")
+        return engine(wrapper.parse_args(argv[1:]), rest)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=("sqlite", "pg-redis"), required=True)
+    parser.add_argument("--base", required=True, metavar="DIR", help="checkout of the tree before the change")
+    return compare(parser.parse_args(argv), rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
