@@ -19,7 +19,7 @@ from engine.bounded import AnswerLimits
 from engine.catalog import Catalog
 from engine.error_rules import compile_error_rules
 from engine.health import Health
-from engine.jobs import JobStore, open_job_store
+from engine.jobs import JobStore
 from engine.ledger import Recorder
 from engine.limits import Gatekeeper
 from engine.liveness import Prober
@@ -78,7 +78,6 @@ class Gateway:
         catalog = Catalog.from_specs(specs, env)
         catalog.prepare(sorted({route.operation for route in specs.routes.routes}))
         database = open_database(db_url)  # connected in startup(), on the event loop
-        jobs = open_job_store(db_url)
         routes = specs.routes
         shared_rules = compile_error_rules(routes.error_rules)
         sanitizers = {
@@ -104,8 +103,8 @@ class Gateway:
             client=client,
             sanitizers=sanitizers,
             strip_fields=frozenset(routes.sanitize.strip_fields),
-            context=Context(frozenset(routes.sanitize.strip_fields), jobs),
-            jobs=jobs,
+            context=Context(frozenset(routes.sanitize.strip_fields), database),
+            jobs=database,
             forward_headers=re.compile(
                 "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
             ),
@@ -123,7 +122,6 @@ class Gateway:
         await self._seed_spend()
         self.recorder.start()
         await self.prober.start()
-        await self.jobs.open()
 
     async def _seed_spend(self) -> None:
         """Budgets count what the ledger already holds for this day and month."""
@@ -141,5 +139,4 @@ class Gateway:
         await self.watchdog.close()
         for pool in self.pools.values():
             await pool.client.aclose()
-        await self.jobs.close()
         await self.database.close()

@@ -104,7 +104,7 @@ def prepare_video_create(body: dict[str, Any], candidate: Candidate, ctx: Contex
             seconds=video_seconds(doc),
             created_at=int(time.time()),
         )
-        await jobs.create(job)
+        await jobs.create_job(job)
         _as_gateway_job(doc, job)
         await _meter_if_finished(jobs, job, call, doc)
 
@@ -130,7 +130,7 @@ def prepare_video_status(body: dict[str, Any], candidate: Candidate, ctx: Contex
         jobs = _jobs(ctx)
         status, seconds = str(doc.get("status", job.status)), video_seconds(doc) or job.seconds
         if (status, seconds) != (job.status, job.seconds):
-            await jobs.update(job.id, status, seconds)
+            await jobs.update_job(job.id, status, seconds)
         _as_gateway_job(doc, job)
         await _meter_if_finished(jobs, job, call, doc)
 

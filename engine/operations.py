@@ -268,7 +268,7 @@ def by_job(row: OperationRow, receipt: bool = False) -> Handler:
         body = {k: v[-1] if isinstance(v, list) else v for k, v in body.items()}
         if validate is not None:
             validate(body)
-        job = await gw.jobs.get(str(job_id), key.id)
+        job = await gw.jobs.job(str(job_id), key.id)
         if job is None:
             raise job_not_found(str(job_id))
         candidate = gw.catalog.live_candidate(job.public_model, job.provider)

@@ -81,3 +81,17 @@ def test_a_key_revoked_on_one_instance_is_refused_by_both(pair: Any) -> None:
     assert revoked.returncode == 0, revoked.stderr
     time.sleep(1.1)  # key_cache_seconds
     assert (post(a, key).status_code, post(b, key).status_code) == (401, 401)
+
+
+def test_a_video_job_created_on_one_instance_is_polled_on_the_other(pair: Any) -> None:
+    a, b = pair
+    key = create_key(a.env["ENGINE_DB"], "shared-video")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "openai/sora-2", "prompt": "a fox in the snow", "seconds": "4"}
+    created = httpx.post(a.url + "/videos", json=body, headers=headers, timeout=20)
+    assert created.status_code == 200, created.text
+    job = created.json()["id"]
+    polled = httpx.get(f"{b.url}/videos/{job}", headers=headers, timeout=20)
+    assert polled.status_code == 200 and polled.json()["id"] == job, "the job is in the database both share"
+    stranger = {"Authorization": f"Bearer {create_key(a.env['ENGINE_DB'], 'shared-video-stranger')}"}
+    assert httpx.get(f"{b.url}/videos/{job}", headers=stranger, timeout=20).status_code == 404

@@ -291,7 +291,61 @@ class CarryStore(Protocol):
         ...
 
 
-class Database(KeyStore, Ledger, CarryStore, Protocol):
+@dataclass(frozen=True)
+class Job:
+    """An asynchronous job (video) under the gateway's own id (`engine.jobs`)."""
+
+    id: str  # the gateway's id, the only one clients see
+    key_id: str  # the gateway key that created it: the only key that can see it
+    public_model: str
+    provider: str
+    upstream_id: str
+    status: str
+    seconds: float  # of video, as the upstream confirmed it: what is metered when the job completes
+    created_at: int
+    metered: bool = False
+
+
+class JobStore(Protocol):
+    """Jobs shared by every instance on the database, so a job created on one is polled on another."""
+
+    async def create_job(self, job: Job) -> None: ...
+
+    async def job(self, job_id: str, key_id: str) -> Job | None:
+        """The job, if it exists and belongs to `key_id`; None otherwise (the two look alike)."""
+        ...
+
+    async def update_job(self, job_id: str, status: str, seconds: float) -> None: ...
+
+    async def claim_metering(self, job_id: str) -> bool:
+        """True for exactly one caller per job: the one that meters it."""
+        ...
+
+
+JOB_COLUMNS = "id, key_id, public_model, provider, upstream_id, status, seconds, created_at, metered_at"
+
+
+def job_of(row: Sequence[Any]) -> Job:
+    """A job from its JOB_COLUMNS."""
+    job_id, key_id, model, provider, upstream_id, status, seconds, created_at, metered_at = tuple(row)
+    return Job(job_id, key_id, model, provider, upstream_id, status, float(seconds), created_at, metered_at is not None)
+
+
+def job_values(job: Job) -> tuple[Any, ...]:
+    """The values of a new job's row, JOB_COLUMNS but the last."""
+    return (
+        job.id,
+        job.key_id,
+        job.public_model,
+        job.provider,
+        job.upstream_id,
+        job.status,
+        job.seconds,
+        job.created_at,
+    )
+
+
+class Database(KeyStore, Ledger, CarryStore, JobStore, Protocol):
     url: str
 
     async def open(self) -> None:

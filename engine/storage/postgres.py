@@ -17,7 +17,9 @@ from engine.storage.base import (
     DAILY_COLUMNS,
     DAILY_KEY,
     DAILY_SUMS,
+    JOB_COLUMNS,
     DailyUsage,
+    Job,
     KeyRecord,
     StoreError,
     UsageRow,
@@ -27,6 +29,8 @@ from engine.storage.base import (
     decode_limits,
     digest,
     encode_limits,
+    job_of,
+    job_values,
     merge_units_into,
     merged_limits,
     new_key,
@@ -102,6 +106,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE usage_daily ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0;
+    """,  # Jobs had a table of their own, created when missing and never versioned, before they moved in here.
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        public_model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        metered_at BIGINT
+    );
     """,
 )
 
@@ -111,6 +128,7 @@ _ROW_COLUMNS = (
     " cache_write_tokens"
 )
 _KEY_COLUMNS = "id, name, created_at, revoked_at, tier, limits"
+_NEW_JOB_COLUMNS = JOB_COLUMNS.rsplit(",", 1)[0]  # a new job has not been metered
 _GROUPED = f"""
     SELECT {", ".join(DAILY_KEY)}, COUNT(*), SUM((status >= 400)::int),
            SUM(prompt_tokens), SUM(completion_tokens), SUM(reasoning_tokens), SUM(cached_tokens),
@@ -275,3 +293,20 @@ class PostgresDatabase:
             list(refs),
         )
         return {row["ref"]: bytes(row["state"]) for row in rows}
+
+    # ------------------------------------------------------------------ jobs
+
+    async def create_job(self, job: Job) -> None:
+        sql = f"INSERT INTO jobs ({_NEW_JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        await self.pool.execute(sql, *job_values(job))
+
+    async def job(self, job_id: str, key_id: str) -> Job | None:
+        row = await self.pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND key_id = $2", job_id, key_id)
+        return None if row is None else job_of(tuple(row))
+
+    async def update_job(self, job_id: str, status: str, seconds: float) -> None:
+        await self.pool.execute("UPDATE jobs SET status = $1, seconds = $2 WHERE id = $3", status, seconds, job_id)
+
+    async def claim_metering(self, job_id: str) -> bool:
+        sql = "UPDATE jobs SET metered_at = $1 WHERE id = $2 AND metered_at IS NULL"
+        return bool(await self.pool.execute(sql, int(time.time()), job_id) == "UPDATE 1")

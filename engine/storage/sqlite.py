@@ -20,7 +20,9 @@ from engine.storage.base import (
     DAILY_COLUMNS,
     DAILY_KEY,
     DAILY_SUMS,
+    JOB_COLUMNS,
     DailyUsage,
+    Job,
     KeyRecord,
     StoreError,
     UsageRow,
@@ -30,6 +32,8 @@ from engine.storage.base import (
     decode_limits,
     digest,
     encode_limits,
+    job_of,
+    job_values,
     merge_units_into,
     merged_limits,
     new_key,
@@ -126,6 +130,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE usage_daily ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+    """,  # Jobs had a table of their own, created when missing and never versioned, before they moved in here.
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        public_model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        seconds REAL NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        metered_at INTEGER
+    );
     """,
 )
 
@@ -135,6 +152,7 @@ _ROW_COLUMNS = (
     " cache_write_tokens"
 )
 _KEY_COLUMNS = "id, name, created_at, revoked_at, tier, limits"
+_NEW_JOB_COLUMNS = JOB_COLUMNS.rsplit(",", 1)[0]  # a new job has not been metered
 _GROUPED = f"""
     SELECT {", ".join(DAILY_KEY)}, COUNT(*), SUM(status >= 400),
            SUM(prompt_tokens), SUM(completion_tokens), SUM(reasoning_tokens), SUM(cached_tokens),
@@ -341,3 +359,23 @@ class SqliteDatabase:
         sql = f"SELECT ref, state FROM carry_state WHERE key_id = ? AND expires_at >= ? AND ref IN ({marks})"
         found = await self._run(self._fetchall, sql, (key_id, now, *refs))
         return {ref: bytes(state) for ref, state in found}
+
+    # ------------------------------------------------------------------ jobs
+
+    async def create_job(self, job: Job) -> None:
+        sql = f"INSERT INTO jobs ({_NEW_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        await self._run(self.db.execute, sql, job_values(job))
+
+    async def job(self, job_id: str, key_id: str) -> Job | None:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ? AND key_id = ?"
+        rows = await self._run(self._fetchall, sql, (job_id, key_id))
+        return job_of(rows[0]) if rows else None
+
+    async def update_job(self, job_id: str, status: str, seconds: float) -> None:
+        sql = "UPDATE jobs SET status = ?, seconds = ? WHERE id = ?"
+        await self._run(self.db.execute, sql, (status, seconds, job_id))
+
+    async def claim_metering(self, job_id: str) -> bool:
+        sql = "UPDATE jobs SET metered_at = ? WHERE id = ? AND metered_at IS NULL"
+        cursor = await self._run(self.db.execute, sql, (int(time.time()), job_id))
+        return bool(cursor.rowcount == 1)
