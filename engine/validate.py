@@ -8,6 +8,8 @@ A failure becomes a 400 whose `param` is the path into the request (`messages[2]
 
 from __future__ import annotations
 
+import gc
+from itertools import compress
 from typing import Annotated, Any, Literal, NotRequired
 
 import msgspec
@@ -217,8 +219,9 @@ _CHAT = TypeAdapter(ChatCompletionRequest)
 _RESPONSES = TypeAdapter(ResponsesRequest)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+def parse_json_object(raw: bytes, max_depth: int | None = None) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it. `max_depth` bounds how
+    deeply objects and arrays may nest (the body itself is level 1); without it, the parser's own bound holds."""
     if not raw.strip():
         raise invalid_request("The request body is empty; send a JSON object.")
     try:
@@ -228,9 +231,38 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
             f"We could not parse the JSON body of your request ({exc}). "
             "Send valid JSON with `Content-Type: application/json`."
         ) from None
+    except RecursionError:  # the parser's own bound: the interpreter's recursion limit
+        raise _too_deep(max_depth) from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.")
+    if max_depth is not None and len(raw) > 2 * max_depth and _deeper_than(body, max_depth):
+        raise _too_deep(max_depth)
     return body
+
+
+def _too_deep(limit: int | None) -> GatewayError:
+    bound = f"more than {limit} levels deep" if limit is not None else "too deeply"
+    return invalid_request(
+        f"The JSON body of your request nests objects and arrays {bound}; flatten it.", code="json_too_deep"
+    )
+
+
+_CONTAINER = frozenset({dict, list}).__contains__
+
+
+def _deeper_than(body: dict[str, Any], limit: int) -> bool:
+    """Whether containers nest more than `limit` levels deep, one level at a time. msgspec cannot be told a
+    depth, so this walks the parsed body, but with no bytecode per value: `gc.get_referents` lists a whole
+    level's items (a dict's values, a list's items) in C, and `map`/`compress` keep the containers among them.
+    About a fifth of the parse's cost on the 600 KB agent body (bench/inprocess.py); a body too short to nest
+    that deep is not walked at all."""
+    level: list[Any] = [body]
+    for _ in range(limit):
+        items = gc.get_referents(*level)
+        level = list(compress(items, map(_CONTAINER, map(type, items))))
+        if not level:
+            return False
+    return True
 
 
 def validate_chat(body: dict[str, Any]) -> None:
@@ -247,42 +279,162 @@ def _validate(adapter: TypeAdapter[Any], body: dict[str, Any]) -> None:
     try:
         adapter.validate_python(body)
     except ValidationError as exc:
-        raise _to_gateway_error(exc.errors(include_url=False), body) from None
+        raise _to_gateway_error(adapter, exc.errors(include_url=False), body) from None
 
 
-def _to_gateway_error(errors: list[Any], body: dict[str, Any]) -> GatewayError:
+def _to_gateway_error(adapter: TypeAdapter[Any], errors: list[Any], body: dict[str, Any]) -> GatewayError:
     """The most specific problem (deepest in the JSON), phrased for the caller; where a union's
     alternatives all fail at the same place, their reasons are listed together."""
-    first = max(errors, key=lambda e: len(e["loc"]))
-    param = _param(first["loc"], body)
-    if first["type"] == "missing":
+    paths = [_client_path(adapter, error["loc"], body) for error in errors]
+    first = max(range(len(errors)), key=lambda i: (paths[i].count(".") + paths[i].count("["), -i))
+    param, kind, error = paths[first], errors[first]["type"], errors[first]
+    if kind == "missing":
         return invalid_request(f"Missing required parameter: '{param}'.", param=param)
-    reasons: list[str] = []
-    for error in errors:
-        reason = error["msg"][0].lower() + error["msg"][1:]
-        if _param(error["loc"], body) == param and reason not in reasons:
-            reasons.append(reason)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        field = error["ctx"]["discriminator"].strip("'")
+        param = f"{param}.{field}" if param else field
+        if kind == "union_tag_not_found":
+            return invalid_request(f"Missing required parameter: '{param}'.", param=param)
+        return invalid_request(
+            f"Invalid value for '{param}': {error['ctx']['tag']!r}. Supported values are: "
+            f"{error['ctx']['expected_tags']}.",
+            param=param,
+            code="invalid_value",
+        )
+    here = [e for e, path in zip(errors, paths, strict=True) if path == param]
+    expected = [_EXPECTED.get(e["type"]) for e in here]
+    if all(expected):
+        wanted = " or ".join(dict.fromkeys(x for x in expected if x))
+        return invalid_type(param, wanted, error["input"])
+    reasons = list(dict.fromkeys(_reason(e) for e in here))
+    return invalid_request(f"Invalid value for '{param}': {'; or '.join(reasons)}.", param=param, code="invalid_value")
+
+
+# Pydantic's type errors, in the words of a JSON request.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "none_required": "null",
+}
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def invalid_type(param: str, expected: str, value: Any) -> GatewayError:
+    """A 400 for a value of the wrong JSON type, in OpenAI's words."""
+    got = "null" if value is None else _JSON_TYPES.get(type(value), "a value of another kind")
     return invalid_request(
-        f"Invalid value for '{param}': {'; or '.join(reasons)}.",
-        param=param,
-        code="invalid_type" if first["type"].endswith("_type") else "invalid_value",
+        f"Invalid type for '{param}': expected {expected}, but got {got} instead.", param=param, code="invalid_type"
     )
 
 
-def _param(loc: tuple[Any, ...], body: Any) -> str:
-    """Pydantic's error location with union-member labels removed: the path a user sees in their JSON."""
-    path = ""
-    node = body
-    last = len(loc) - 1
-    for i, part in enumerate(loc):
-        if isinstance(node, list) and isinstance(part, int) and part < len(node):
+def _reason(error: Any) -> str:
+    """Pydantic's message, about "the value" rather than its "input" (a field name of several requests)."""
+    message: str = error["msg"]
+    if message.startswith("Input should"):
+        return "the value should" + message[len("Input should") :]
+    return message[0].lower() + message[1:]
+
+
+# ------------------------------------------------------------------ error locations as the client's paths
+#
+# Pydantic's error location mixes the client's keys and indices with labels of its own: the member of a
+# union that was tried (`str`, `list[...]`, `VoiceId`) or the tag of a tagged union (`user`). The labels are
+# told apart by walking the validator's core schema alongside the location: a label is exactly the step
+# taken at a union. Only failed requests pay for this.
+
+_WRAPPERS = {"nullable", "default", "function-after", "function-before", "function-wrap", "json-or-python"}
+
+
+def _client_path(adapter: TypeAdapter[Any], loc: tuple[Any, ...], body: Any) -> str:
+    schema = adapter.core_schema
+    refs = {d["ref"]: d for d in schema.get("definitions", ())} if schema["type"] == "definitions" else {}
+    path, node, i = "", body, 0
+    while i < len(loc):
+        schema = _unwrap(schema, refs)
+        part, kind = loc[i], schema.get("type") if schema else None
+        i += 1
+        if kind == "tagged-union":
+            schema = schema["choices"].get(part)
+            continue
+        if kind == "union":
+            schema = _member(schema["choices"], part, node, refs)
+            continue
+        if isinstance(part, int):
             path += f"[{part}]"
-            node = node[part]
-            continue
-        if isinstance(node, dict) and isinstance(part, str) and (part in node or i == last):
-            # present, or the missing field being reported
-            path += f".{part}" if path else part
-            node = node.get(part)
-            continue
-        # anything else is a union label such as 'user' or 'list[...]': not part of the user's JSON
+        else:
+            path += f".{part}" if path else str(part)
+        node = node[part] if isinstance(node, (dict, list)) and _holds(node, part) else None
+        schema = _child(schema, kind, part)
     return path
+
+
+def _unwrap(schema: Any, refs: dict[str, Any]) -> Any:
+    while schema is not None:
+        kind = schema.get("type")
+        if kind == "definitions":
+            schema = schema["schema"]
+        elif kind == "definition-ref":
+            schema = refs.get(schema["schema_ref"])
+        elif kind in _WRAPPERS and "schema" in schema:
+            schema = schema["schema"]
+        elif kind == "json-or-python":
+            schema = schema["python_schema"]
+        elif kind == "model":
+            schema = schema["schema"]
+        elif kind == "lax-or-strict":
+            schema = schema["strict_schema"]
+        else:
+            return schema
+    return None
+
+
+_KINDS: dict[type, tuple[str, ...]] = {
+    dict: ("typed-dict", "model-fields", "dict", "dataclass-args"),
+    list: ("list", "tuple", "set"),
+}
+
+
+def _member(choices: list[Any], label: Any, node: Any, refs: dict[str, Any]) -> Any:
+    """The union member a label names: its explicit label, its class name, or else the first member that
+    holds the client's value's kind (an object, an array)."""
+    members = [(c[0], c[1]) if isinstance(c, tuple) else (c, None) for c in choices]
+    for member, name in members:
+        unwrapped = _unwrap(member, refs) or {}
+        cls = unwrapped.get("cls") or member.get("cls")
+        if label == name or (cls is not None and label == cls.__name__):
+            return member
+    kinds = _KINDS.get(type(node), ())
+    for member, _ in members:
+        if (_unwrap(member, refs) or {}).get("type") in kinds:
+            return member
+    return None
+
+
+def _child(schema: Any, kind: str | None, part: Any) -> Any:
+    if kind in ("typed-dict", "model-fields"):
+        field = schema["fields"].get(part)
+        return field["schema"] if field else None
+    if kind == "list":
+        return schema.get("items_schema")
+    if kind == "dict":
+        return schema.get("values_schema")
+    return None
+
+
+def _holds(node: dict[str, Any] | list[Any], part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and 0 <= part < len(node)

@@ -73,7 +73,7 @@ def test_keys_are_stored_hashed(gateway: Any) -> None:
         ({"messages": HELLO}, "model"),
         ({"model": "openai/gpt-4.1"}, "messages"),
         ({"model": "openai/gpt-4.1", "messages": []}, "messages"),
-        ({"model": "openai/gpt-4.1", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0]"),
+        ({"model": "openai/gpt-4.1", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"model": "openai/gpt-4.1", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
         ({"model": "openai/gpt-4.1", "messages": HELLO, "temperature": "hot"}, "temperature"),
         ({"model": "openai/gpt-4.1", "messages": HELLO, "stream": "yes"}, "stream"),
