@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from engine.errors import GatewayError
+from engine.validate import invalid_type, validate_chat
 from engine.wires.base import JSON
 
 # Responses-only features a chat wire cannot carry: refused with a message, never silently lost.
@@ -35,41 +36,83 @@ def _refuse(param: str, message: str) -> GatewayError:
     return GatewayError(400, message, param=param, code="unsupported_parameter")
 
 
+def _object(value: Any, param: str) -> JSON:
+    if not isinstance(value, dict):
+        raise invalid_type(param, "an object", value)
+    return value
+
+
+def _string(holder: JSON, key: str, param: str, default: str | None = None) -> str:
+    """`holder[key]` as a string: a missing one is `default` (or a 400 when there is none), any other type a 400."""
+    value = holder.get(key, default)
+    if value is None and default is None:
+        raise GatewayError(400, f"Missing required parameter: '{param}.{key}'.", param=f"{param}.{key}")
+    if not isinstance(value, str):
+        raise invalid_type(f"{param}.{key}", "a string", value)
+    return value
+
+
+def _optional(holder: JSON, key: str, param: str, kind: type, expected: str) -> Any:
+    value = holder.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise invalid_type(f"{param}.{key}", expected, value)
+    return value
+
+
 def _chat_part(part: Any, param: str) -> JSON:
-    kind = part.get("type") if isinstance(part, dict) else None
+    part = _object(part, param)
+    kind = _string(part, "type", param)
     if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": part.get("text", "")}
+        return {"type": "text", "text": _string(part, "text", param)}
     if kind == "input_image":
-        if not part.get("image_url"):
+        url = _optional(part, "image_url", param, str, "a string (a URL or a data URL)")
+        if not url:
             raise _refuse(
                 param,
                 "Only `input_image` parts with an `image_url` (URL or data URL) can be sent to this "
                 "model; `file_id` images need a provider that stores files.",
             )
-        return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail", "auto")}}
+        detail = _optional(part, "detail", param, str, "a string") or "auto"
+        return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
     if kind == "input_file":
-        return {"type": "file", "file": {k: part[k] for k in ("file_id", "file_data", "filename") if k in part}}
+        file = {
+            k: _optional(part, k, param, str, "a string") for k in ("file_id", "file_data", "filename") if k in part
+        }
+        return {"type": "file", "file": file}
     raise _refuse(param, f"Content parts of type `{kind}` cannot be sent to this model.")
 
 
-def _chat_content(content: Any, param: str) -> Any:
+def _chat_content(item: JSON, param: str) -> Any:
+    content = item.get("content")
     if isinstance(content, str):
         return content
-    parts = [_chat_part(p, f"{param}[{i}]") for i, p in enumerate(content or [])]
+    if not isinstance(content, list):
+        if content is None:
+            raise GatewayError(400, f"Missing required parameter: '{param}.content'.", param=f"{param}.content")
+        raise invalid_type(f"{param}.content", "a string or an array of content parts", content)
+    parts = [_chat_part(p, f"{param}.content[{i}]") for i, p in enumerate(content)]
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
     return parts
 
 
-def _output_text(output: Any) -> str:
+def _output_text(item: JSON, param: str) -> str:
+    output = item.get("output")
     if isinstance(output, str):
         return output
     if isinstance(output, list):
-        return "".join(p.get("text", "") for p in output if isinstance(p, dict))
+        texts = []
+        for i, part in enumerate(output):
+            if not isinstance(part, dict):
+                raise invalid_type(f"{param}.output[{i}]", "an object", part)
+            texts.append(_string(part, "text", f"{param}.output[{i}]", default=""))
+        return "".join(texts)
     return msgspec.json.encode(output).decode()
 
 
 def input_to_messages(body: JSON) -> list[JSON]:
+    """The input items as chat messages; every field the bridge reads is type-checked here, so a mistake is a
+    400 naming its place in the client's own request (`input[2].content[0].text`), not a failure further on."""
     messages: list[JSON] = []
     if body.get("instructions"):
         messages.append({"role": "system", "content": body["instructions"]})
@@ -78,18 +121,18 @@ def input_to_messages(body: JSON) -> list[JSON]:
         return [*messages, {"role": "user", "content": items}]
     for i, item in enumerate(items or []):
         param = f"input[{i}]"
-        kind = item.get("type", "message") if isinstance(item, dict) else None
+        item = _object(item, param)
+        kind = _string(item, "type", param, default="message")
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise _refuse(f"{param}.role", f"Unknown message role `{role}`.")
-            content = _chat_content(item.get("content"), f"{param}.content")
-            messages.append({"role": role, "content": content})
+            messages.append({"role": role, "content": _chat_content(item, param)})
         elif kind == "function_call":
             call = {
-                "id": item.get("call_id"),
+                "id": _string(item, "call_id", param),
                 "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+                "function": {"name": _string(item, "name", param), "arguments": _string(item, "arguments", param, "")},
             }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and not isinstance(last.get("content"), list):
@@ -97,9 +140,8 @@ def input_to_messages(body: JSON) -> list[JSON]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append(
-                {"role": "tool", "tool_call_id": item.get("call_id"), "content": _output_text(item.get("output"))}
-            )
+            call_id = _string(item, "call_id", param)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": _output_text(item, param)})
         elif kind == "reasoning":
             continue  # encrypted reasoning belongs to the provider that made it; chat wires cannot replay it
         else:
@@ -108,29 +150,74 @@ def input_to_messages(body: JSON) -> list[JSON]:
 
 
 def _chat_tool(tool: Any, index: int) -> JSON:
+    param = f"tools[{index}]"
     if not isinstance(tool, dict) or tool.get("type") != "function":
         kind = tool.get("type") if isinstance(tool, dict) else tool
-        raise _refuse(
-            f"tools[{index}]", f"The hosted tool `{kind}` is not available for this model; only function tools are."
-        )
-    function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        raise _refuse(param, f"The hosted tool `{kind}` is not available for this model; only function tools are.")
+    function: JSON = {"name": _string(tool, "name", param)}
+    for key, kind, expected in (
+        ("description", str, "a string"),
+        ("parameters", dict, "an object"),
+        ("strict", bool, "a boolean"),
+    ):
+        value = _optional(tool, key, param, kind, expected)
+        if value is not None:
+            function[key] = value
     return {"type": "function", "function": function}
 
 
 def _chat_tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": choice.get("name")}}
+        return {"type": "function", "function": {"name": _string(choice, "name", "tool_choice")}}
+    if choice is not None and not isinstance(choice, (str, dict)):
+        raise invalid_type("tool_choice", "a string or an object", choice)
     return choice
 
 
 def _chat_response_format(text: Any) -> JSON | None:
-    fmt = text.get("format") if isinstance(text, dict) else None
-    if not isinstance(fmt, dict):
+    if text is None:
         return None
-    if fmt.get("type") == "json_schema":
-        schema = {k: fmt[k] for k in ("name", "description", "schema", "strict") if k in fmt}
+    fmt = _object(text, "text").get("format")
+    if fmt is None:
+        return None
+    fmt = _object(fmt, "text.format")
+    kind = _string(fmt, "type", "text.format", default="text")
+    if kind == "json_schema":
+        schema: JSON = {"name": _string(fmt, "name", "text.format")}
+        for key, typ, expected in (
+            ("description", str, "a string"),
+            ("schema", dict, "an object"),
+            ("strict", bool, "a boolean"),
+        ):
+            if key in fmt:
+                schema[key] = _optional(fmt, key, "text.format", typ, expected)
         return {"type": "json_schema", "json_schema": schema}
-    return {"type": fmt.get("type", "text")}
+    return {"type": kind}
+
+
+# Where a field of the bridged chat request came from in the client's Responses request.
+_ORIGIN = {
+    "messages": "input",
+    "tools": "tools",
+    "max_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort",
+}
+
+
+def _checked(chat: JSON) -> JSON:
+    """The bridged request must be a valid chat request, as every chat codec assumes. The checks above name
+    the client's own fields; should one slip through, the 400 still names the Responses field it came from."""
+    try:
+        validate_chat(chat)
+    except GatewayError as error:
+        if error.param is not None:
+            head = error.param.split(".", 1)[0].split("[", 1)[0]
+            origin = _ORIGIN.get(head, error.param)
+            error.message = error.message.replace(f"'{error.param}'", f"'{origin}'")
+            error.param = origin
+        raise
+    return chat
 
 
 def to_chat(body: JSON) -> JSON:
@@ -161,7 +248,7 @@ def to_chat(body: JSON) -> JSON:
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # response.completed always carries usage
-    return chat
+    return _checked(chat)
 
 
 def capability_view(body: JSON) -> JSON:
