@@ -1,0 +1,185 @@
+"""Bad requests get a 400 that names the mistake where the client made it, never a 500.
+
+1. Validation errors name paths in the client's own JSON (`messages[0].content`), never pydantic's union
+   labels (`messages[0].content.str`), on every validated route.
+2. `/responses` bridged over chat (a chat-only provider) type-checks every field the bridge reads, and names
+   it as the client wrote it (`input[0].content[0].text`).
+3. JSON nested deeper than the configured bound is a 400 `json_too_deep`, as is JSON deeper than the parser
+   can go at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from engine.errors import GatewayError
+from engine.validate import parse_json_object, validate_chat, validate_responses
+from engine.validate_media import validate_embeddings, validate_images, validate_speech, validate_video
+from tests.inprocess import InProcess
+
+CHAT = "/external/v1/chat/completions"
+RESPONSES = "/external/v1/responses"
+HELLO = [{"role": "user", "content": "Say hello."}]
+BRIDGED = "meta-llama/llama-3.3-70b"  # served by chat-only providers: /responses goes over the bridge
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "openai/gpt-4.1", "messages": HELLO} | fields
+
+
+def refusal(validate: Callable[[dict[str, Any]], None], body: dict[str, Any]) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
+        validate(body)
+    return caught.value
+
+
+# ---------------------------------------------------------------- 1. params are the client's own paths
+
+PARAMS = [
+    ("content-type", validate_chat, chat(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
+    # a key of the client's named like a union label must not be mistaken for one
+    (
+        "label-lookalike",
+        validate_chat,
+        chat(messages=[{"role": "user", "content": 5, "user": {"content": 1}, "str": 1}]),
+        "messages[0].content",
+    ),
+    (
+        "part-text",
+        validate_chat,
+        chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]),
+        "messages[0].content[0].text",
+    ),
+    (
+        "image-url",
+        validate_chat,
+        chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": 5}}]}]),
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        "tool-call-name",
+        validate_chat,
+        chat(messages=[{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": 5, "arguments": ""}}]}]),
+        "messages[0].tool_calls[0].function.name",
+    ),
+    ("bad-role", validate_chat, chat(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role"),
+    ("no-role", validate_chat, chat(messages=[{"content": "x"}]), "messages[0].role"),
+    ("stop", validate_chat, chat(stop=5), "stop"),
+    ("tool-name", validate_chat, chat(tools=[{"type": "function", "function": {}}]), "tools[0].function.name"),
+    (
+        "schema-name",
+        validate_chat,
+        chat(response_format={"type": "json_schema", "json_schema": {"name": "a b"}}),
+        "response_format.json_schema.name",
+    ),
+    ("responses-input", validate_responses, {"model": "m", "input": 5}, "input"),
+    ("embeddings-token", validate_embeddings, {"model": "m", "input": [[1, "a"]]}, "input[0][1]"),
+    ("images-n", validate_images, {"model": "m", "prompt": "p", "n": "two"}, "n"),
+    ("speech-voice", validate_speech, {"model": "m", "input": "x", "voice": {"id": 4}}, "voice.id"),
+    ("video-seconds", validate_video, {"model": "m", "prompt": "p", "seconds": 5}, "seconds"),
+]
+
+
+@pytest.mark.parametrize(("validate", "body", "param"), [p[1:] for p in PARAMS], ids=[p[0] for p in PARAMS])
+def test_validation_errors_name_paths_in_the_clients_request(
+    validate: Callable[[dict[str, Any]], None], body: dict[str, Any], param: str
+) -> None:
+    error = refusal(validate, body)
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", param)
+    assert f"'{param}'" in error.message
+
+
+def test_a_type_error_says_what_was_expected_and_what_came() -> None:
+    error = refusal(validate_chat, chat(stop=5))
+    assert error.message == "Invalid type for 'stop': expected a string or an array, but got an integer instead."
+    assert error.code == "invalid_type"
+
+
+def test_a_bad_role_lists_the_roles() -> None:
+    error = refusal(validate_chat, chat(messages=[{"role": "wizard", "content": "x"}]))
+    assert "'wizard'" in error.message and "'assistant'" in error.message and error.code == "invalid_value"
+
+
+# ---------------------------------------------------------------- 2. the /responses bridge over chat
+
+
+def message(content: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+BRIDGE = [
+    ("content-number", {"input": message(5)}, "input[0].content"),
+    ("text-number", {"input": message([{"type": "input_text", "text": 5}])}, "input[0].content[0].text"),
+    ("text-missing", {"input": message([{"type": "input_text"}])}, "input[0].content[0].text"),
+    ("part-not-object", {"input": message(["hi"])}, "input[0].content[0]"),
+    ("part-type-number", {"input": message([{"type": 3}])}, "input[0].content[0].type"),
+    (
+        "image-url-number",
+        {"input": message([{"type": "input_image", "image_url": 5}])},
+        "input[0].content[0].image_url",
+    ),
+    ("content-missing", {"input": [{"role": "user"}]}, "input[0].content"),
+    ("item-not-object", {"input": [5]}, "input[0]"),
+    ("call-name-number", {"input": [{"type": "function_call", "call_id": "c", "name": 5}]}, "input[0].name"),
+    ("call-id-missing", {"input": [{"type": "function_call", "name": "f"}]}, "input[0].call_id"),
+    ("output-call-id", {"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+    (
+        "output-part-text",
+        {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": 1}]}]},
+        "input[0].output[0].text",
+    ),
+    ("tool-name", {"input": "hi", "tools": [{"type": "function", "name": 5}]}, "tools[0].name"),
+    (
+        "tool-parameters",
+        {"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": []}]},
+        "tools[0].parameters",
+    ),
+    ("tool-choice", {"input": "hi", "tool_choice": 5}, "tool_choice"),
+    ("text-not-object", {"input": "hi", "text": "json"}, "text"),
+    ("format-type", {"input": "hi", "text": {"format": {"type": 5}}}, "text.format.type"),
+    ("schema-name", {"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+    ("passthrough", {"input": "hi", "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), [b[1:] for b in BRIDGE], ids=[b[0] for b in BRIDGE])
+def test_the_responses_bridge_names_the_clients_field(gw: InProcess, fields: dict[str, Any], param: str) -> None:
+    response = gw.post(RESPONSES, json={"model": BRIDGED, **fields})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param), error
+    assert gw.upstreams.hits() == 0, "nothing invalid may reach the provider"
+
+
+def test_a_valid_bridged_request_still_goes_through(gw: InProcess) -> None:
+    content = [{"type": "input_text", "text": "Say "}, {"type": "input_text", "text": "hello."}]
+    response = gw.post(RESPONSES, json={"model": BRIDGED, "input": message(content)})
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "response"
+
+
+# ---------------------------------------------------------------- 3. how deep JSON may nest
+
+
+def nested(depth: int) -> bytes:
+    """A chat request whose body nests `depth` levels deep (the body itself is level 1)."""
+    inner = b"[" * (depth - 1) + b"]" * (depth - 1)
+    return b'{"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "x": ' + inner + b"}"
+
+
+def test_json_as_deep_as_the_bound_parses_and_one_level_more_is_refused() -> None:
+    assert parse_json_object(nested(64), max_depth=64)["model"] == "openai/gpt-4.1"
+    with pytest.raises(GatewayError) as caught:
+        parse_json_object(nested(65), max_depth=64)
+    assert (caught.value.status, caught.value.code) == (400, "json_too_deep")
+    assert "64 levels" in caught.value.message
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_json_deeper_than_the_parser_goes_is_a_400_not_a_500(gw: InProcess, depth: int) -> None:
+    response = gw.post(CHAT, content=nested(depth), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "json_too_deep"
