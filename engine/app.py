@@ -3,6 +3,12 @@
 Each declared route becomes one handler that authenticates (when the route says so) and hands over to
 its operation. Every error, including Litestar's own 404/405/413 and anything unexpected, leaves as an
 OpenAI-shaped body; tracebacks go to the log, never to the client.
+
+The proxied routes whose body is JSON (chat completions, responses, embeddings, images, speech) are the hot
+path, and are served at the ASGI level (`_proxied`), still as Litestar route handlers: Litestar routes them
+and handles their errors, but no `Request`, signature model or response pipeline is built per request; the
+handler reads the three headers it needs from the scope and the body from `receive`, and parses it at once,
+so the raw bytes are not kept while the request is in flight. Everything else is an ordinary handler.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import math
 import time
 from typing import Any
 
-from litestar import Litestar, Request, Response, route
-from litestar.exceptions import HTTPException
-from litestar.handlers import HTTPRouteHandler
+from litestar import Litestar, Request, Response, asgi, route
+from litestar.exceptions import ClientException, HTTPException, InternalServerException, MethodNotAllowedException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
+from litestar.types import Receive, Scope, Send
 
 from engine.errors import GatewayError, invalid_request
 from engine.gateway import Gateway
-from engine.operations import handler_for
+from engine.operations import OPERATIONS, OperationRow, by_model, handler_for, json_body
 from engine.proxy import Timer
 from engine.spec.models import Route
 from engine.timeouts import CALLER, Caller
@@ -27,7 +35,10 @@ from engine.timeouts import CALLER, Caller
 log = logging.getLogger("engine.app")
 
 
-def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
+def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler | ASGIRouteHandler:
+    row = OPERATIONS[spec.operation]
+    if row.resolve == "model" and row.body == "json" and row.prepare is not None and spec.auth == "gateway_key":
+        return _proxied(gw, spec, row)
     operation = handler_for(spec.operation, spec.receipt)
     needs_key = spec.auth == "gateway_key"
     limit = spec.max_body_mb or gw.specs.routes.gateway.max_body_mb
@@ -61,12 +72,97 @@ def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler:
     )(handle)
 
 
+def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
+    """A JSON model route at the ASGI level: the same steps as `_handler`'s (auth, the caller's deadline and
+    hang-up, the operation), the answer sent as the ASGI app it already is. Litestar's 404s, and the errors
+    raised here, go through the application's exception handlers as before; a wrong method is the same 405
+    (OPTIONS the same 204) that Litestar's own routes give."""
+    operation = by_model(row, spec.receipt)
+    limit = (spec.max_body_mb or gw.specs.routes.gateway.max_body_mb) * 1024 * 1024
+    deadline_header = gw.specs.routes.gateway.deadline_header
+    deadline_name = deadline_header.lower().encode() if deadline_header else b""
+    wanted = {b"authorization", b"content-length", b"content-type", deadline_name}
+    allow = [(b"allow", f"OPTIONS, {spec.method}".encode())]
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        timer = Timer(time.perf_counter())
+        method = scope["method"]  # type: ignore[typeddict-item]
+        if method != spec.method:
+            if method == "OPTIONS":
+                await send({"type": "http.response.start", "status": 204, "headers": allow})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            raise MethodNotAllowedException()
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in wanted and name not in headers:  # the first of repeated headers, as Litestar reads them
+                headers[name] = value
+        authorization = headers.get(b"authorization")
+        key = await gw.authenticate(authorization.decode("latin-1") if authorization is not None else None)
+        deadline = headers.get(deadline_name) if deadline_header else None
+        caller = Caller(receive, _deadline_of(deadline_header, deadline.decode("latin-1") if deadline else None))
+        token = CALLER.set(caller)
+        task = caller.task
+        try:
+            body, size = await _json_of(row, receive, headers, limit)
+            answer = await operation(gw, body, size // 4, key, timer)
+        except asyncio.CancelledError:
+            if caller.gone and task is not None and task.uncancel() == 0:
+                log.info("client hung up on %s %s; upstream call cancelled", method, scope["path"])
+                await send({"type": "http.response.start", "status": 499, "headers": []})  # nobody reads it
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            raise
+        finally:
+            caller.stop()
+            CALLER.reset(token)
+        await answer.to_asgi_response(None, Request(scope, receive))(scope, receive, send)
+
+    handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"
+    return asgi(spec.path, name=f"{spec.method} {spec.path}", copy_scope=False)(handle)
+
+
+async def _json_of(
+    row: OperationRow, receive: Receive, headers: dict[bytes, bytes], limit: int
+) -> tuple[dict[str, Any], int]:
+    """The request body parsed, and its size; the bytes themselves are dropped here. Bounded as Litestar bounds
+    a body (its 413 on a declared or a streamed size over `limit`, its 400 on a bad content-length)."""
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        try:
+            announced = int(declared)
+        except ValueError:
+            raise ClientException(f"Invalid content-length: {declared.decode('latin-1')!r}") from None
+        if announced > limit:
+            raise RequestEntityTooLarge
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InternalServerException("client disconnected prematurely")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise RequestEntityTooLarge
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    del chunks
+    content_type = headers.get(b"content-type")
+    return json_body(row, content_type.decode("latin-1") if content_type is not None else None, raw), total
+
+
 def _deadline(request: Request[Any, Any, Any], header: str | None) -> float | None:
     """The client's deadline header (ms from now) as event-loop time, or None."""
-    if header is None:
-        return None
-    value = request.headers.get(header)
-    if value is None:
+    return _deadline_of(header, request.headers.get(header) if header is not None else None)
+
+
+def _deadline_of(header: str | None, value: str | None) -> float | None:
+    """A deadline header's value (ms from now) as event-loop time; None without one."""
+    if header is None or value is None:
         return None
     try:
         ms = float(value)

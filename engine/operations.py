@@ -164,14 +164,24 @@ OPERATIONS: dict[str, OperationRow] = {row.name: row for row in _ROWS}
 # --------------------------------------------------------------------------- the request path per row
 
 
-async def _parse(row: OperationRow, request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """The body as a dict. A multipart row also takes a JSON object (a form without files)."""
-    if row.body == "json" or request.headers.get("content-type", "").startswith("application/json"):
-        return parse_json_object(await request.body())
+def json_body(row: OperationRow, content_type: str | None, raw: bytes) -> dict[str, Any]:
+    """A JSON body, parsed: the one place both ways in (the ASGI handler of `engine.app` for JSON rows,
+    `_parse` for the others) turn request bytes and their content type into the dict every later step reads."""
+    return parse_json_object(raw)
+
+
+async def _parse(row: OperationRow, request: Request[Any, Any, Any]) -> tuple[dict[str, Any], int]:
+    """The body as a dict, and the prompt estimate it gives. A multipart row also takes a JSON object (a
+    form without files)."""
+    content_type = request.headers.get("content-type")
+    if row.body == "json" or (content_type or "").startswith("application/json"):
+        raw = await request.body()
+        return json_body(row, content_type, raw), len(raw) // 4
     if row.body == "multipart":
         limit = request.route_handler.resolve_request_max_body_size() or 0
-        return await read_form(request, limit)
-    return {}
+        form = await read_form(request, limit)
+        return form, _form_estimate(form)
+    return {}, 0
 
 
 def _model_of(body: dict[str, Any]) -> str:
@@ -192,43 +202,47 @@ def _refuse_unserved(candidate: Candidate, operation: str) -> GatewayError:
     )
 
 
-def by_model(row: OperationRow, receipt: bool = False) -> Handler:
+# A model-resolved operation once its body is parsed: (gateway, body, prompt estimate, key, timer).
+ModelOperation = Callable[[Gateway, dict[str, Any], int, KeyRecord, Timer], Awaitable[Response[Any]]]
+
+
+def by_model(row: OperationRow, receipt: bool = False) -> ModelOperation:
     """Resolve the body's `model` to its live candidates, admit the request under the key's limits, and
-    try the candidates in fallback order."""
+    try the candidates in fallback order. The body arrives parsed: its raw bytes are not kept, only the
+    prompt estimate they gave (~4 bytes per token), so a request in flight holds one copy of its body."""
     prepare, validate, name = row.prepare, row.validate, row.name
     assert prepare is not None
 
     async def operation(
-        gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
+        gw: Gateway, body: dict[str, Any], estimate: int, key: KeyRecord, timer: Timer
     ) -> Response[Any]:
-        assert key is not None  # engine check keeps proxied operations behind gateway keys
-        body = await _parse(row, request)
-        if validate is not None:
-            validate(body)
-        await carry_store.enter(gw.database, key.id, body, gw.specs.routes.gateway.carry_ttl_seconds)
-        ctx = gw.context
-
-        def prepared(candidate: Candidate) -> Callable[[], tuple[UpstreamRequest, Renderer]]:
-            def build() -> tuple[UpstreamRequest, Renderer]:
-                if name not in candidate.serves:
-                    raise _refuse_unserved(candidate, name)
-                return prepare(body, candidate, ctx)
-
-            return build
-
-        resolved = gw.catalog.resolve_all(_model_of(body))
-        candidates = [(c.provider.id, c.provider.spec.retry, prepared(c)) for c in resolved]
-        trip = await _admit(gw, key, name, timer, await _prompt_estimate(row, request, body), receipt)
-
-        def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
-            return proxy(gw, ready[0], trip, timer, ready[1])
-
-        model = resolved[0].public_id
         try:
-            return await attempts.run(gw.attempts, gw.health, gw.specs.routes.headers, model, candidates, attempt)
-        except Exception as error:  # kept in the ledger if it reached a provider
-            gw.recorder.finish(trip, None, error.status if isinstance(error, GatewayError) else 500, "error")
-            raise
+            if validate is not None:
+                validate(body)
+            await carry_store.enter(gw.database, key.id, body, gw.specs.routes.gateway.carry_ttl_seconds)
+            ctx = gw.context
+
+            def prepared(candidate: Candidate) -> Callable[[], tuple[UpstreamRequest, Renderer]]:
+                def build() -> tuple[UpstreamRequest, Renderer]:
+                    if name not in candidate.serves:
+                        raise _refuse_unserved(candidate, name)
+                    return prepare(body, candidate, ctx)
+
+                return build
+
+            resolved = gw.catalog.resolve_all(_model_of(body))
+            candidates = [(c.provider.id, c.provider.spec.retry, prepared(c)) for c in resolved]
+            trip = await _admit(gw, key, name, timer, estimate, receipt)
+
+            def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
+                return proxy(gw, ready[0], trip, timer, ready[1])
+
+            model = resolved[0].public_id
+            try:
+                return await attempts.run(gw.attempts, gw.health, gw.specs.routes.headers, model, candidates, attempt)
+            except Exception as error:  # kept in the ledger if it reached a provider
+                gw.recorder.finish(trip, None, error.status if isinstance(error, GatewayError) else 500, "error")
+                raise
         finally:
             if row.body == "multipart":
                 close_form(body)
@@ -236,12 +250,9 @@ def by_model(row: OperationRow, receipt: bool = False) -> Handler:
     return operation
 
 
-async def _prompt_estimate(row: OperationRow, request: Request[Any, Any, Any], body: dict[str, Any]) -> int:
-    """~4 bytes per token: of the JSON body (cached, no second read), or of a form's text fields (its files
-    were streamed to a spool and are not read again)."""
-    if row.body == "multipart":
-        return sum(len(v) for v in body.values() if isinstance(v, str)) // 4
-    return len(await request.body()) // 4
+def _form_estimate(form: dict[str, Any]) -> int:
+    """~4 bytes per token of a form's text fields (its files were streamed to a spool and are not read again)."""
+    return sum(len(v) for v in form.values() if isinstance(v, str)) // 4
 
 
 async def _admit(gw: Gateway, key: KeyRecord, name: str, timer: Timer, estimate: int, receipt: bool) -> Trip:
@@ -286,6 +297,17 @@ def by_job(row: OperationRow, receipt: bool = False) -> Handler:
     return operation
 
 
+def _parsed(row: OperationRow, operation: ModelOperation) -> Handler:
+    async def parse_then(
+        gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
+    ) -> Response[Any]:
+        assert key is not None  # engine check keeps proxied operations behind gateway keys
+        body, estimate = await _parse(row, request)
+        return await operation(gw, body, estimate, key, timer)
+
+    return parse_then
+
+
 def unimplemented(name: str) -> Handler:
     async def operation(
         gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
@@ -296,11 +318,13 @@ def unimplemented(name: str) -> Handler:
 
 
 def handler_for(name: str, receipt: bool = False) -> Handler:
+    """The operation behind a Litestar route handler (`engine.app` serves JSON model rows at the ASGI level,
+    through `by_model` itself)."""
     row = OPERATIONS[name]
     if row.resolve == "none" and row.respond is not None:
         return row.respond
     if row.resolve == "model" and row.prepare is not None:
-        return by_model(row, receipt)
+        return _parsed(row, by_model(row, receipt))
     if row.resolve == "job" and row.prepare is not None:
         return by_job(row, receipt)
     return unimplemented(name)
