@@ -61,6 +61,7 @@ class Provider:
     endpoint_set: bool = True  # False while a required base URL (`base_url_required`) is unset
     answers: AnswerFilter | None = None  # the spec's `[answers]`, when it has any
     answering: Answering = field(default_factory=Answering, compare=False)
+    _headers: dict[tuple[str | None, str], dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def probed(self) -> bool:
@@ -86,6 +87,19 @@ class Provider:
             return {}
         key = "[redacted]" if redacted else self.api_key or f"${{{auth.env}}}"
         return {auth.header: f"{auth.scheme} {key}" if auth.scheme else key}
+
+    def request_headers(self, content_type: str | None, accept: str) -> dict[str, str]:
+        """The headers of every request with this content type and `accept`: the spec's own, then the
+        credential. Built once per pair (nothing here depends on the request), so `content_type` is one of a
+        few fixed values, never a multipart boundary; callers get their own copy."""
+        headers = self._headers.get((content_type, accept))
+        if headers is None:
+            headers = {"content-type": content_type} if content_type else {}
+            headers["accept"] = accept
+            headers.update(self.spec.headers)
+            headers.update(self.auth_headers())
+            self._headers[(content_type, accept)] = headers
+        return dict(headers)
 
     @classmethod
     def bind(cls, spec: ProviderSpec, env: Mapping[str, str]) -> Provider:
@@ -136,6 +150,17 @@ class Plan:
 
     mappings: tuple[CompiledMapping, ...]
     wire_rules: tuple[tuple[int, CompiledWireRule], ...]
+    request_stage: tuple[CompiledMapping, ...] = ()  # `mappings` split by stage, in spec order
+    wire_stage: tuple[CompiledMapping, ...] = ()
+
+    @classmethod
+    def of(cls, mappings: tuple[CompiledMapping, ...], wire_rules: tuple[tuple[int, CompiledWireRule], ...]) -> Plan:
+        return cls(
+            mappings,
+            wire_rules,
+            tuple(m for m in mappings if m.stage == "request"),
+            tuple(m for m in mappings if m.stage == "wire"),
+        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +198,7 @@ class Candidate:
             rules.append((index, CompiledWireRule(None if when is True else when, rule.wire, rule.why)))
             if when is True:
                 break  # always fires here: later rules can never be reached
-        return Plan(mappings, tuple(rules))
+        return Plan.of(mappings, tuple(rules))
 
 
 class Catalog:

@@ -71,9 +71,9 @@ def lower_request(
     # handed to it in `call.carried`, any other family's is stripped.
     unpack = carry.unpack_chat if codec.accepts == "chat" else carry.unpack_responses
     unpacked = unpack(body, getattr(codec, "carrier", None))
-    mappings = candidate.plan(operation).mappings
-    if codec.accepts != "responses":  # request-stage mappings are written against OpenAI's chat and media shapes
-        apply_stage(mappings, "request", body, names)
+    plan = candidate.plan(operation)
+    if codec.accepts != "responses" and plan.request_stage:  # written against OpenAI's chat and media shapes
+        apply_stage(plan.request_stage, "request", body, names)
     schema_rules = candidate.provider.spec.schemas
     if schema_rules is not None and codec.accepts in ("chat", "responses"):  # engine.schemas
         rewrite_request(body, schema_rules, codec.accepts)
@@ -92,26 +92,21 @@ def lower_request(
     )
     lowered = codec.lower(body, call)
     kind = lowered.body_kind
-    if kind == "json":
-        apply_stage(mappings, "wire", lowered.body, {**names, "request": lowered.body})
+    if kind == "json" and plan.wire_stage:
+        apply_stage(plan.wire_stage, "wire", lowered.body, {**names, "request": lowered.body})
     answer = lowered.answer or ("sse" if stream else "json")
 
     provider = candidate.provider
     url = candidate.urls[codec.shape] if candidate.urls is not None else provider.base_url + lowered.path
     if lowered.query:
         url += ("&" if "?" in url else "?") + urlencode(lowered.query)
-    content_type = "application/json" if kind == "json" else lowered.body.content_type if kind == "multipart" else None
-    headers = {"content-type": content_type} if content_type else {}
-    headers.update(_ACCEPT[answer])
-    headers.update(provider.spec.headers)
-    headers.update(provider.auth_headers())
-    if kind == "multipart":  # its length is known up front: providers need not accept a chunked upload
+    accept = _ACCEPT[answer]
+    if kind == "multipart":  # its own boundary; its length is known up front: no chunked upload needed
+        headers = {"content-type": lowered.body.content_type, **provider.request_headers(None, accept)}
         headers["content-length"] = str(lowered.body.content_length)
+    else:
+        headers = provider.request_headers("application/json" if kind == "json" else None, accept)
     return UpstreamRequest(lowered.method, url, headers, lowered.body, call, choice, candidate, kind, answer)
 
 
-_ACCEPT: dict[str, dict[str, str]] = {
-    "json": {"accept": "application/json"},
-    "sse": {"accept": "text/event-stream"},
-    "bytes": {"accept": "*/*"},
-}
+_ACCEPT: dict[str, str] = {"json": "application/json", "sse": "text/event-stream", "bytes": "*/*"}
