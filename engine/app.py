@@ -29,6 +29,7 @@ from engine.errors import GatewayError, invalid_request
 from engine.gateway import Gateway
 from engine.operations import OPERATIONS, OperationRow, by_model, handler_for, json_body
 from engine.proxy import Timer
+from engine.respond import JSONAnswer, StreamAnswer
 from engine.spec.models import Route
 from engine.timeouts import CALLER, Caller
 
@@ -116,7 +117,10 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
         finally:
             caller.stop()
             CALLER.reset(token)
-        await answer.to_asgi_response(None, Request(scope, receive))(scope, receive, send)
+        if isinstance(answer, JSONAnswer | StreamAnswer):  # what proxied answers are: their own ASGI apps
+            await answer(scope, receive, send)
+        else:
+            await answer.to_asgi_response(None, Request(scope, receive))(scope, receive, send)
 
     handle.__name__ = f"{spec.method.lower()}_{spec.operation.replace('.', '_')}"
     return asgi(spec.path, name=f"{spec.method} {spec.path}", copy_scope=False)(handle)

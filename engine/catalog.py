@@ -292,38 +292,34 @@ def weighted_order(candidates: list[Candidate], rng: random.Random) -> list[Cand
 
 
 def check_capabilities(request: dict[str, Any], candidate: Candidate) -> None:
-    """Refuse, before any upstream call, a request that needs what the model's row says it lacks."""
-    row, model = candidate.row, candidate.public_id
-    response_format = request.get("response_format")
-    lacks = [
-        (request.get("tools") and not row.tools, "tools", "does not support tools; remove `tools`"),
-        (request.get("stream") and not row.streaming, "stream", "does not support streaming; send `stream: false`"),
-        (
-            request.get("reasoning_effort") not in (None, "none") and not row.reasoning,
-            "reasoning_effort",
-            "is not a reasoning model; remove `reasoning_effort`",
-        ),
-        (
-            isinstance(response_format, dict)
-            and response_format.get("type") == "json_schema"
-            and not row.structured_output,
-            "response_format",
-            "does not support `response_format` of type `json_schema`; use `json_object`",
-        ),
-        (
-            "image" not in row.modalities.input and _has_part(request, "image_url"),
-            "messages",
-            "does not accept image input; remove the `image_url` parts",
-        ),
-    ]
-    for missing, param, what in lacks:
-        if missing:
-            raise GatewayError(
-                400,
-                f"The model `{model}` {what}, or pick a model that has it.",
-                param=param,
-                code="unsupported_parameter",
+    """Refuse, before any upstream call, a request that needs what the model's row says it lacks.
+    Checked in this order, each only as far as it must (the first refusal is the answer)."""
+    row = candidate.row
+    if request.get("tools") and not row.tools:
+        raise _lacks(candidate, "tools", "does not support tools; remove `tools`")
+    if request.get("stream") and not row.streaming:
+        raise _lacks(candidate, "stream", "does not support streaming; send `stream: false`")
+    if not row.reasoning and request.get("reasoning_effort") not in (None, "none"):
+        raise _lacks(candidate, "reasoning_effort", "is not a reasoning model; remove `reasoning_effort`")
+    if not row.structured_output:
+        response_format = request.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+            raise _lacks(
+                candidate,
+                "response_format",
+                "does not support `response_format` of type `json_schema`; use `json_object`",
             )
+    if "image" not in row.modalities.input and _has_part(request, "image_url"):
+        raise _lacks(candidate, "messages", "does not accept image input; remove the `image_url` parts")
+
+
+def _lacks(candidate: Candidate, param: str, what: str) -> GatewayError:
+    return GatewayError(
+        400,
+        f"The model `{candidate.public_id}` {what}, or pick a model that has it.",
+        param=param,
+        code="unsupported_parameter",
+    )
 
 
 def _has_part(request: dict[str, Any], part_type: str) -> bool:
