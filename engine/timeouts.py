@@ -321,7 +321,7 @@ class Watch:
         """About to wait on the upstream."""
         if self.fired is not None:
             raise PhaseTimeout(self.fired)
-        self._waiting = asyncio.current_task()
+        self._waiting = asyncio.current_task(self._loop)  # the loop given: one lookup, per chunk
         self._waiting_since = self._loop.time()
 
     def end(self, got_bytes: bool) -> None:
