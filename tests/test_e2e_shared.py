@@ -44,10 +44,8 @@ def post(gateway: Any, key: str) -> httpx.Response:
 def test_a_rate_limit_holds_across_both_instances(pair: Any, upstream: Any) -> None:
     key = create_key(pair[0].env["ENGINE_DB"], "shared-rpm", rpm=4)
     statuses = [post(gw, key).status_code for gw in itertools.islice(itertools.cycle(pair), 8)]
-    admitted = statuses.count(200)
-    assert statuses[:4] == [200] * 4 and statuses[-2:] == [429, 429], statuses
-    assert admitted <= 4 + 2, "4 per minute for the key, not per instance; at most one beyond it per instance"
-    assert len(upstream.requests()) == admitted
+    assert statuses == [200] * 4 + [429] * 4, "4 per minute for the key, not per instance"
+    assert len(upstream.requests()) == 4
 
 
 def test_concurrency_holds_across_both_instances(pair: Any, upstream: Any) -> None:
@@ -56,7 +54,7 @@ def test_concurrency_holds_across_both_instances(pair: Any, upstream: Any) -> No
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda i: post(pair[i % 2], key), range(10)))
     admitted = [r.status_code for r in answers].count(200)
-    assert 3 <= admitted <= 3 + 2, "3 at once for the key across both; at most one beyond it per instance"
+    assert admitted == 3, "3 at once for the key across both (each admission asks Redis: 3 x 0.1 leases nothing)"
     assert {r.json()["error"]["code"] for r in answers if r.status_code == 429} == {"rate_limit_exceeded"}
 
 
