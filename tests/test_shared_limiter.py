@@ -75,3 +75,34 @@ async def test_two_instances_never_pass_the_limit_and_hold_at_most_their_share(r
     finally:
         await a.close()
         await b.close()
+
+
+async def test_many_keys_share_one_round_trip_per_tick(redis_url: str) -> None:
+    a, b = RedisLimiter(redis_url, sync_seconds=0.02), RedisLimiter(redis_url, sync_seconds=0.02)
+    limits = KeyLimits(daily_usd=1.0)
+    keys = [f"k-spend-{i}" for i in range(20)]
+    rounds: list[int] = []
+    one_round = a._round
+
+    async def counted(waiting: Any) -> None:
+        rounds.append(len(waiting))
+        await one_round(waiting)
+
+    a._round = counted  # type: ignore[method-assign]
+    try:
+        admitted = await asyncio.gather(*(a.admit(key, limits, 0) for key in keys))
+        assert rounds == [20], "20 keys' first requests, one round trip"
+        for key, admission in zip(keys, admitted, strict=True):
+            a.settle(key, limits, admission, 0, 1.5)  # each key spends past its budget on A
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            refusals = [(await b.admit(key, limits, 0)).refusal for key in keys]
+            if all(r is not None and r.limit == "daily_usd" for r in refusals):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"B still admits: {refusals}")
+        assert rounds[1] == 20, f"A's next tick settled all 20 keys in one round trip: {rounds}"
+    finally:
+        await a.close()
+        await b.close()

@@ -11,10 +11,12 @@ the key goes quiet.
 
 The same script settles what the instance owes since its last sync: tokens used beyond the estimate,
 slots released, spend. A sync runs when a request finds the lease empty (it waits for it; requests of
-the key arriving meanwhile join that one sync), and every `sync_seconds` for a key that was used or owes
-something (nobody waits for it). So a budget spent on one instance is seen by the others within about
-`sync_seconds`; spend and tokens are post-paid anyway (the requests in flight when a limit is crossed
-complete).
+the key arriving meanwhile join that one sync, and keys needing one in the same turn of the event loop
+share its round trip), and from a ticker every `sync_seconds`, one pipelined round trip for every key
+due (nobody waits for it): a key with a spend budget every tick it was used, so a budget spent on one
+instance is seen by the others within about `sync_seconds` (spend and tokens are post-paid anyway: the
+requests in flight when a limit is crossed complete); a key whose lease would not last another tick, to
+top it up ahead; any other used key every ten ticks.
 
 Time comes from the server (`TIME`), so instances with skewed clocks share one minute. Keys carry the
 gateway key id as a hash tag (`lim:{id}:…`), so a cluster keeps one key's counters on one shard. Slots
@@ -34,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from engine.storage.base import Admission, KeyLimits, Periods, Refusal, StoreError
 
@@ -138,6 +140,8 @@ return {k, name, tostring(wait), got_r, got_t, got_s, tostring(day), tostring(mo
 """
 
 _HOLDING = Admission(slot="held")  # slots are counts here too: any admission holding one looks alike
+_QUIET = 1.0  # seconds unused, nothing in flight, after which a key hands back what it holds
+_RELAXED = 10  # ticks a used key without a budget or a short lease may go between syncs
 
 
 def _keys(key_id: str, periods: Periods) -> tuple[str, str, str, str, str]:
@@ -213,6 +217,34 @@ class _Key:
             return _HOLDING
         return Admission()
 
+    def holds(self) -> bool:
+        """Anything leased or owed, to hand back before forgetting the key."""
+        return bool(self.requests or self.tokens or self.slots or self.cost)
+
+    def owe(self, requests: int, tokens: int, slots: int, cost: float) -> None:
+        """Add to what this instance holds (negative: hand it over to a sync)."""
+        self.requests += requests
+        self.tokens += tokens
+        self.slots += slots
+        self.cost += cost
+
+    def due(self, now: float, every: float, share: float, lease: float) -> bool:
+        """Whether the ticker should sync this key now. A key with a budget syncs every tick it was used
+        (so spend is seen across instances within a tick); one whose lease would not cover another tick
+        of the same use tops it up ahead; the rest sync at most every `_RELAXED` ticks."""
+        limits = self.limits
+        if self.surplus(share) or (self.in_flight and now - self.synced > lease / 3):
+            return True
+        if (limits.daily_usd or limits.monthly_usd) and (self.used or self.cost):
+            return True
+        if (
+            (limits.rpm and self.requests < self.used)
+            or (limits.tpm and self.tokens < self.used_tokens)
+            or (limits.concurrent and self.slots < self.used)
+        ):
+            return True
+        return bool(self.used or self.cost) and now - self.synced > _RELAXED * every
+
     def surplus(self, share: float) -> bool:
         """Holding more than the lease cap (slots released, tokens refunded), or owing tokens."""
         limits = self.limits
@@ -244,6 +276,8 @@ class RedisLimiter:
         self._ticker: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._syncs: set[asyncio.Task[None]] = set()
+        self._soon: list[tuple[str, _Key, bool]] = []  # keys to sync in the next turn of the loop
+        self._loaded = False  # the script is in the server's cache (pipelines cannot load it themselves)
 
     # ------------------------------------------------------------------ the request path (no round trip)
 
@@ -253,13 +287,13 @@ class RedisLimiter:
             key = self._keys[key_id] = _Key(limits)
             self._tick_later()
         key.limits = limits
-        found = key.local(limits, tokens, time.monotonic() - 2 * self._every - 1.0)
+        found = key.local(limits, tokens, time.monotonic() - _RELAXED * self._every - _QUIET)
         if found is not None:
             return found
         waiter: asyncio.Future[Admission] = asyncio.get_running_loop().create_future()
         key.waiters.append((waiter, tokens))
         if not key.syncing:
-            self._start_sync(key_id, key)
+            self._sync_soon(key_id, key)
         return await waiter
 
     def settle(self, key_id: str, limits: KeyLimits, admission: Admission, tokens: int, cost_usd: float) -> None:
@@ -277,34 +311,93 @@ class RedisLimiter:
 
     # ------------------------------------------------------------------ syncing with Redis
 
-    def _start_sync(self, key_id: str, key: _Key, final: bool = False) -> None:
+    def _sync_soon(self, key_id: str, key: _Key) -> None:
+        """Sync `key` for its waiting request, together with every other key that needs it in this turn
+        of the event loop (a burst over many keys is one round trip)."""
         key.syncing = True
-        task = asyncio.ensure_future(self._sync(key_id, key, final))
+        self._soon.append((key_id, key, False))
+        if len(self._soon) == 1:
+            asyncio.get_running_loop().call_soon(self._sync_now)
+
+    def _sync_now(self) -> None:
+        batch, self._soon = self._soon, []
+        self._start_sync(batch)
+
+    def _start_sync(self, batch: list[tuple[str, _Key, bool]]) -> None:
+        """Sync these keys (key id, state, whether to hand everything back) in one round trip."""
+        for _, key, _ in batch:
+            key.syncing = True
+        task = asyncio.ensure_future(self._sync(batch))
         self._syncs.add(task)
         task.add_done_callback(self._syncs.discard)
 
-    async def _sync(self, key_id: str, key: _Key, final: bool) -> None:
-        """Sync until no request of the key waits (those arriving during one sync wait for the next).
-        A failure reaches the waiting requests (their 503); what is owed stays owed, for the next tick."""
-        try:
-            while True:
-                waiters, key.waiters = key.waiters, []
-                try:
-                    await self._sync_once(key_id, key, waiters, final and not waiters)
-                except StoreError as exc:
-                    log.warning("syncing key %s with the shared limiter failed: %s", key_id, exc)
-                    if final:
+    async def _sync(self, batch: list[tuple[str, _Key, bool]]) -> None:
+        """Sync rounds until no request of these keys waits (those arriving during one round wait for the
+        next). A failure reaches the waiting requests (their 503); what is owed stays owed, for the next tick."""
+        while batch:
+            waiting = [(key_id, key, key.waiters, final and not key.waiters) for key_id, key, final in batch]
+            for _, key, _, _ in waiting:
+                key.waiters = []
+            try:
+                await self._round(waiting)
+            except StoreError as exc:
+                log.warning("syncing %d key(s) with the shared limiter failed: %s", len(waiting), exc)
+                for key_id, key, _, final in waiting:
+                    key.syncing = False
+                    if final:  # handed back nothing: keep it, the next tick tries again
                         self._keys.setdefault(key_id, key)
                         self._tick_later()
-                    return
-                if not key.waiters:
-                    return
-        finally:
-            key.syncing = False
+                return
+            batch = []
+            for key_id, key, _, _ in waiting:
+                if key.waiters:
+                    batch.append((key_id, key, False))
+                else:
+                    key.syncing = False
 
-    async def _sync_once(
-        self, key_id: str, key: _Key, waiters: list[tuple[asyncio.Future[Admission], int]], final: bool
-    ) -> None:
+    async def _round(self, waiting: list[tuple[str, _Key, list[tuple[asyncio.Future[Admission], int]], bool]]) -> None:
+        periods = Periods.at(time.time())
+        calls = [self._call(key_id, key, waiters, final, periods) for key_id, key, waiters, final in waiting]
+        try:
+            if len(calls) == 1:
+                results: list[Any] = [await self._sync_script(keys=calls[0][0], args=calls[0][1])]
+            else:
+                results = await self._pipelined(calls)
+        except RedisError as exc:
+            error = StoreError(f"ENGINE_REDIS: the limiter is unreachable: {type(exc).__name__}")
+            for (_, key, waiters, _), (_, _, owed) in zip(waiting, calls, strict=True):
+                key.owe(*owed)  # still held and owed
+                for waiter, _ in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+            raise error from None
+        synced = time.monotonic()
+        for (_, key, waiters, _), result in zip(waiting, results, strict=True):
+            self._apply(key, waiters, result, periods, synced)
+
+    async def _pipelined(self, calls: list[tuple[tuple[str, ...], list[str], tuple[int, int, int, float]]]) -> Any:
+        """Several keys' scripts in one pipeline (not a transaction: each script is atomic on its own)."""
+        if not self._loaded:
+            await self._redis.script_load(_SYNC)
+            self._loaded = True
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args, _ in calls:
+                pipe.evalsha(self._sync_script.sha, len(keys), *keys, *args)
+            try:
+                return await pipe.execute()
+            except NoScriptError:  # the server lost its script cache (a restart): load it again next time
+                self._loaded = False
+                raise
+
+    def _call(
+        self,
+        key_id: str,
+        key: _Key,
+        waiters: list[tuple[asyncio.Future[Admission], int]],
+        final: bool,
+        periods: Periods,
+    ) -> tuple[tuple[str, ...], list[str], tuple[int, int, int, float]]:
+        """One key's script: its keys, its arguments, and what it hands back (owed again if it fails)."""
         limits = key.limits
         share = 0.0 if final else self._share
         cap_r, cap_t, cap_s = _cap(limits.rpm, share), _cap(limits.tpm, share), _cap(limits.concurrent, share)
@@ -314,13 +407,9 @@ class RedisLimiter:
         want_r = max(0, min(cap_r, 2 * key.used) - key.requests + back_r) if limits.rpm else 0
         want_t = max(0, min(cap_t, 2 * key.used_tokens) - key.tokens + back_t) if limits.tpm else 0
         want_s = max(0, min(cap_s, 2 * key.used) - key.slots + back_s) if limits.concurrent else 0
-        cost = key.cost
-        key.requests -= back_r
-        key.tokens -= back_t
-        key.slots -= back_s
-        key.cost = 0.0
+        owed = (back_r, back_t, back_s, key.cost)
+        key.owe(-back_r, -back_t, -back_s, -key.cost)
         key.used = key.used_tokens = 0
-        periods = Periods.at(time.time())
         args = [
             _n(limits.rpm),
             _n(limits.tpm),
@@ -337,27 +426,25 @@ class RedisLimiter:
             str(back_r),
             str(back_t),
             str(back_s),
-            repr(cost),
+            repr(owed[3]),
             *(str(tokens) for _, tokens in waiters),
         ]
-        try:
-            result = await self._sync_script(keys=_keys(key_id, periods), args=args)
-        except RedisError as exc:
-            key.requests += back_r  # still held and owed: the next sync tries again
-            key.tokens += back_t
-            key.slots += back_s
-            key.cost += cost
-            error = StoreError(f"ENGINE_REDIS: the limiter is unreachable: {type(exc).__name__}")
-            for waiter, _ in waiters:
-                if not waiter.done():
-                    waiter.set_exception(error)
-            raise error from None
+        return _keys(key_id, periods), args, owed
+
+    def _apply(
+        self,
+        key: _Key,
+        waiters: list[tuple[asyncio.Future[Admission], int]],
+        result: list[Any],
+        periods: Periods,
+        synced: float,
+    ) -> None:
+        """Redis's answer: the lease it granted, the shared spend, and which waiting requests it admitted."""
+        limits = key.limits
         admitted, name, wait, got_r, got_t, got_s, day_usd, month_usd = result
-        key.synced = time.monotonic()
+        key.synced = synced
         key.day, key.day_usd, key.month_usd = periods.day, float(day_usd), float(month_usd)
-        key.requests += int(got_r)
-        key.tokens += int(got_t)
-        key.slots += int(got_s)
+        key.owe(int(got_r), int(got_t), int(got_s), 0.0)
         refusal = Admission(Refusal(name, float(getattr(limits, name)), max(0.0, float(wait)))) if name else None
         for index, (waiter, tokens) in enumerate(waiters):
             if index < int(admitted):
@@ -372,8 +459,7 @@ class RedisLimiter:
             if not waiter.done():
                 waiter.set_result(admission)
             elif admission is not refusal:  # the client left while it waited: it hands back what it took
-                key.requests += 1 if limits.rpm else 0
-                key.tokens += tokens if limits.tpm else 0
+                key.owe(1 if limits.rpm else 0, tokens if limits.tpm else 0, 0, 0.0)
                 if limits.concurrent:
                     key.in_flight -= 1
                     key.slots += 1
@@ -383,28 +469,24 @@ class RedisLimiter:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
-        """Every `sync_seconds` while any key is held here: sync the keys used or owing since the last
-        tick; hand back, and forget, the keys quiet for a while."""
+        """Every `sync_seconds` while any key is held here, one round trip for every key that needs it
+        (`_Key.due`); keys quiet for a while hand back what they hold and are forgotten."""
         while self._keys and not self._closing.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), self._every)
             now = time.monotonic()
+            batch: list[tuple[str, _Key, bool]] = []
             for key_id, key in list(self._keys.items()):
                 if key.syncing:
                     continue
-                owes = (
-                    key.cost
-                    or key.used
-                    or key.surplus(self._share)
-                    or (key.in_flight and now - key.synced > self._lease / 3)
-                )
-                quiet = not key.in_flight and not key.used and now - key.synced > 1.0
-                if quiet:
+                if not key.in_flight and not key.used and now - key.synced > _QUIET:
                     del self._keys[key_id]
-                    if key.requests or key.tokens or key.slots or key.cost:
-                        self._start_sync(key_id, key, final=True)
-                elif owes:
-                    self._start_sync(key_id, key)
+                    if key.holds():
+                        batch.append((key_id, key, True))
+                elif key.due(now, self._every, self._share, self._lease):
+                    batch.append((key_id, key, False))
+            if batch:
+                self._start_sync(batch)
 
     async def seed_spend(self, periods: Periods, day: Mapping[str, float], month: Mapping[str, float]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -420,9 +502,9 @@ class RedisLimiter:
             await self._ticker
         while self._syncs:
             await asyncio.gather(*self._syncs, return_exceptions=True)
-        for key_id, key in list(self._keys.items()):
-            if key.requests or key.tokens or key.slots or key.cost:
-                self._start_sync(key_id, key, final=True)
+        held = [(key_id, key, True) for key_id, key in self._keys.items() if key.holds()]
+        if held:
+            self._start_sync(held)
         await asyncio.gather(*self._syncs, return_exceptions=True)
         self._keys.clear()
         await self._redis.aclose()
