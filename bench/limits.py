@@ -9,8 +9,8 @@ what the backend needs and hands run.py two engine commands:
 - `gateway` is this checkout with every limit on for the bench key (rpm, tpm, concurrency, daily and
   monthly budgets, all far above what the run uses), so every request is admitted, settled and recorded
   as one ledger row. With `pg-redis` it runs on a PostgreSQL and a Redis started on loopback for the run
-  (tests/backends.py: temporary directories, stopped at the end), i.e. `ENGINE_DB=postgresql://…` and
-  `ENGINE_REDIS=redis://…`.
+  (tests/backends.py: temporary directories, stopped at the end; pinned off the gateways' CPU, as run.py
+  pins the fake), i.e. `ENGINE_DB=postgresql://…` and `ENGINE_REDIS=redis://…`.
 - `gateway-b` is the `--base` checkout (the tree before the change), on run.py's SQLite file, the only
   database it had. With `pg-redis`, the bench key is copied into that file from PostgreSQL first.
 
@@ -95,8 +95,14 @@ def compare(args: argparse.Namespace, rest: list[str]) -> int:
         if args.backend == "pg-redis":
             from tests.backends import run_postgres, run_redis
 
-            postgres = stack.enter_context(run_postgres())
-            redis = stack.enter_context(run_redis())
+            cpus = os.sched_getaffinity(0)
+            if len(cpus) > 1:  # the servers on the CPUs run.py keeps for the fake and the load, not the gateways'
+                os.sched_setaffinity(0, set(sorted(cpus)[1:]))
+            try:
+                postgres = stack.enter_context(run_postgres())
+                redis = stack.enter_context(run_redis())
+            finally:
+                os.sched_setaffinity(0, cpus)
             new += ["--db", postgres.url(), "--redis", redis.url()]
             old += ["--copy-keys-from", postgres.url()]
             print(f"PostgreSQL on {postgres.url()}, Redis on {redis.url()}", flush=True)
