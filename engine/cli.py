@@ -85,6 +85,35 @@ def _probe(providers: list[Any]) -> dict[str, bool]:
     return asyncio.run(run()) if providers else {}
 
 
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    """Refresh catalog rows from a models.dev-shaped directory: print the diff, and write it unless --dry-run."""
+    from engine import catalog_import
+
+    data = Path(args.source)
+    if not (data / "providers").is_dir():
+        print(f"engine catalog import: {data} has no providers/ directory (a models.dev checkout)", file=sys.stderr)
+        return 2
+    report = catalog_import.refresh(_specs_dir(args), data, args.provider or ())
+    for line in report.missing:
+        print(f"not refreshed: {line}", file=sys.stderr)
+    if not report.changed:
+        print("catalog is up to date with this data")
+        return 0
+    print(report.diff(), end="")
+    problems = catalog_import.validate(report)
+    if problems:
+        print("engine catalog import: the refreshed specs would fail engine check; nothing written:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(f"dry run: {len(report.changed)} file(s) would change", file=sys.stderr)
+        return 0
+    written = list(catalog_import.write(report))
+    print(f"wrote {len(written)} file(s); review them with git diff", file=sys.stderr)
+    return 0
+
+
 def cmd_providers(args: argparse.Namespace) -> int:
     """Every provider spec, the environment variables it reads, and whether it is live here and now."""
     from engine.catalog import Catalog
@@ -454,6 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     providers.add_argument("--no-probe", action="store_true", help="do not probe local servers")
     providers.set_defaults(func=cmd_providers)
+
+    catalog = sub.add_parser("catalog", help="keep the catalog's rows current as data")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
+    refresh = with_specs(
+        catalog_sub.add_parser(
+            "import", help="refresh limits, modalities, capability flags and prices from models.dev-shaped data"
+        )
+    )
+    refresh.add_argument("source", help="a models.dev checkout (a directory holding providers/ and models/)")
+    refresh.add_argument("--provider", action="append", help="only this provider's rows (repeatable)")
+    refresh.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    refresh.set_defaults(func=cmd_catalog_import)
 
     schema = with_specs(sub.add_parser("schema", help="regenerate specs/schema/*.schema.json"))
     schema.set_defaults(func=cmd_schema)

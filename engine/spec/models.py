@@ -453,6 +453,12 @@ class ProviderInfo(Strict):
         gt=0,
         description="This provider's cap on a decoded answer; unset, routes.toml's `upstream.max_answer_mb`.",
     )
+    models_dev: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description="This provider's directory in models.dev (`providers/<name>/`), which `engine catalog import`"
+        " refreshes its rows from; default: `id`.",
+    )
     base_url_required: bool = Field(
         default=False,
         description="`base_url` is only a placeholder (each customer has their own endpoint, as on Azure): the"
@@ -687,6 +693,13 @@ class ModelFacts(Strict):
     )
     thinking: Thinking | None = Field(
         default=None, description="How `reasoning_effort` is lowered, for wires with their own reasoning control."
+    )
+    models_dev: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The models.dev entry `engine catalog import` refreshes these facts from:"
+        " `<provider>/<model id>` (providers/<provider>/models/<model id>.toml). A facts file without one is"
+        " not refreshed; a row without one is refreshed from `<provider.models_dev>/<upstream>`.",
     )
 
 
