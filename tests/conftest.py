@@ -90,27 +90,33 @@ def gemini_fake() -> Any:
         yield running
 
 
+def e2e_provider_env(openai_url: str, gemini_url: str, gemini_key: str) -> dict[str, str]:
+    """The providers the end-to-end gateway serves, all pointed at the fakes (OpenAI's also speaks
+    Anthropic's Messages wire); the fuzzing harness (tests/hardening/fuzz.py) uses the same."""
+    return {
+        "GEMINI_API_KEY": gemini_key,
+        "GEMINI_BASE_URL": gemini_url,
+        "OPENAI_API_KEY": PROVIDER_KEY,
+        "OPENAI_BASE_URL": openai_url,
+        "SLOWPOKE_API_KEY": "sk-slow-000000",
+        "SLOWPOKE_BASE_URL": openai_url,
+        "NOWHERE_API_KEY": "sk-nowhere-000000",
+        "GROQ_API_KEY": "gsk-test-000000000000",
+        "ANTHROPIC_API_KEY": "sk-ant-test-000000000000",
+        "ANTHROPIC_BASE_URL": openai_url,
+        "GROQ_BASE_URL": openai_url,
+        "OPENROUTER_API_KEY": "sk-or-test-000000000000",
+        "OPENROUTER_BASE_URL": openai_url,
+        "UNDERSTUDY_API_KEY": "sk-understudy-000000",
+        "UNDERSTUDY_BASE_URL": openai_url,
+    }
+
+
 @pytest.fixture(scope="session")
 def gateway(fake: Any, gemini_fake: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.servers import run_gateway
 
-    env = {
-        "GEMINI_API_KEY": GEMINI_KEY,
-        "GEMINI_BASE_URL": gemini_fake.url,
-        "OPENAI_API_KEY": PROVIDER_KEY,
-        "OPENAI_BASE_URL": fake.url,
-        "SLOWPOKE_API_KEY": "sk-slow-000000",
-        "SLOWPOKE_BASE_URL": fake.url,
-        "NOWHERE_API_KEY": "sk-nowhere-000000",
-        "GROQ_API_KEY": "gsk-test-000000000000",
-        "ANTHROPIC_API_KEY": "sk-ant-test-000000000000",
-        "ANTHROPIC_BASE_URL": fake.url,
-        "GROQ_BASE_URL": fake.url,
-        "OPENROUTER_API_KEY": "sk-or-test-000000000000",
-        "OPENROUTER_BASE_URL": fake.url,
-        "UNDERSTUDY_API_KEY": "sk-understudy-000000",
-        "UNDERSTUDY_BASE_URL": fake.url,
-    }
+    env = e2e_provider_env(fake.url, gemini_fake.url, GEMINI_KEY)
     with run_gateway(tmp_path_factory.mktemp("gateway"), env) as running:
         yield running
 

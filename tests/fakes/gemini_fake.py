@@ -149,9 +149,12 @@ class GeminiFake(Fake):
                     "NOT_FOUND",
                 )
             self.check(model, body)
+            answers = self.answer(model, body, stream=method == "streamGenerateContent")
         except Refused as refused:
             return web.json_response(refused.body, status=refused.status)
-        answers = self.answer(model, body, stream=method == "streamGenerateContent")
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:  # Google's answer to a body it cannot read
+            refused = Refused(400, f"Invalid JSON payload received. ({type(exc).__name__})")
+            return web.json_response(refused.body, status=400)
         if method == "streamGenerateContent":
             if request.query.get("alt") != "sse":
                 return web.json_response(answers)  # without alt=sse Google streams one JSON array

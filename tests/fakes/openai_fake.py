@@ -197,7 +197,7 @@ def responses_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _invalid(message: str, param: str, code: str | None = None) -> dict[str, Any]:
+def _invalid(message: str, param: str | None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
 
@@ -386,6 +386,16 @@ class Fake:
             )
         if self.script:
             return await self._scripted(request, self.script.popleft())
+        try:
+            return await self._answer(request, body)
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a body of the wrong shape: the real
+            # APIs answer 400 to what they cannot read (found by tests/hardening/fuzz.py), never a 500
+            message = f"Invalid request body ({type(exc).__name__})."
+            if request.path.endswith("/messages"):
+                return web.json_response(anthropic_fake.error("invalid_request_error", message), status=400)
+            return web.json_response(_invalid(message, None), status=400)
+
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         if request.path.endswith("/messages"):
             return await self._anthropic(request, body)
         if request.path.endswith("/responses"):
