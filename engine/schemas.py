@@ -145,7 +145,7 @@ def _merge_all_of(node: dict[str, Any]) -> dict[str, Any]:
             if key == "properties" and isinstance(value, dict):
                 merged["properties"] = {**value, **(merged.get("properties") or {})}
             elif key == "required" and isinstance(value, list):
-                merged["required"] = list(dict.fromkeys([*(merged.get("required") or []), *value]))
+                merged["required"] = list(dict.fromkeys([*_names(merged.get("required") or []), *_names(value)]))
             else:
                 merged.setdefault(key, value)
     return merged
@@ -175,5 +175,11 @@ def _prune(node: Any, rules: SchemaRules, keep: frozenset[str], depth: int) -> A
         else:
             out[key] = value
     if "required" in out and isinstance(out.get("properties"), dict) and isinstance(out["required"], list):
-        out["required"] = [name for name in out["required"] if name in out["properties"]]
+        out["required"] = [name for name in _names(out["required"]) if name in out["properties"]]
     return out
+
+
+def _names(required: list[Any]) -> list[str]:
+    if not all(isinstance(name, str) for name in required):
+        raise _Refused("`required` must list property names (strings)")
+    return required

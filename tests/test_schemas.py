@@ -115,8 +115,10 @@ def test_required_names_without_a_property_are_dropped() -> None:
         ({"$defs": {"N": {"properties": {"next": {"$ref": "#/$defs/N"}}}}, "$ref": "#/$defs/N"}, "recursive"),
         ({"properties": {"a": {"$ref": "https://example.com/a.json"}}}, "outside the schema"),
         ({"properties": {"a": {"$ref": "#/$defs/missing"}}}, "points to nothing"),
+        ({"properties": {"a": {}}, "required": [{"a": 1}]}, "property names"),  # found by tests/hardening/fuzz.py
+        ({"allOf": [{"required": ["a"]}, {"required": [["b"]]}]}, "property names"),
     ],
-    ids=["recursive", "remote", "dangling"],
+    ids=["recursive", "remote", "dangling", "required-not-names", "all-of-required-not-names"],
 )
 def test_schemas_that_cannot_be_expressed_are_refused_with_the_param(schema: dict[str, Any], reason: str) -> None:
     assert RULES is not None
