@@ -27,7 +27,7 @@ from litestar.types import Receive, Scope, Send
 
 from engine.errors import GatewayError, invalid_request
 from engine.gateway import Gateway
-from engine.operations import OPERATIONS, OperationRow, by_model, handler_for, json_body
+from engine.operations import OPERATIONS, OperationRow, body_kind, by_model, handler_for, json_body
 from engine.proxy import Timer
 from engine.respond import JSONAnswer, StreamAnswer
 from engine.spec.models import Route
@@ -80,6 +80,7 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
     (OPTIONS the same 204) that Litestar's own routes give."""
     operation = by_model(row, spec.receipt)
     limit = (spec.max_body_mb or gw.specs.routes.gateway.max_body_mb) * 1024 * 1024
+    max_depth = gw.specs.routes.gateway.max_json_depth
     deadline_header = gw.specs.routes.gateway.deadline_header
     deadline_name = deadline_header.lower().encode() if deadline_header else b""
     wanted = {b"authorization", b"content-length", b"content-type", deadline_name}
@@ -105,7 +106,7 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
         token = CALLER.set(caller)
         task = caller.task
         try:
-            body, size = await _json_of(row, receive, headers, limit)
+            body, size = await _json_of(row, receive, headers, limit, max_depth)
             answer = await operation(gw, body, size // 4, key, timer)
         except asyncio.CancelledError:
             if caller.gone and task is not None and task.uncancel() == 0:
@@ -127,10 +128,14 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
 
 
 async def _json_of(
-    row: OperationRow, receive: Receive, headers: dict[bytes, bytes], limit: int
+    row: OperationRow, receive: Receive, headers: dict[bytes, bytes], limit: int, max_depth: int
 ) -> tuple[dict[str, Any], int]:
     """The request body parsed, and its size; the bytes themselves are dropped here. Bounded as Litestar bounds
-    a body (its 413 on a declared or a streamed size over `limit`, its 400 on a bad content-length)."""
+    a body (its 413 on a declared or a streamed size over `limit`, its 400 on a bad content-length); a content
+    type the row does not take is a 415 before the body is read."""
+    header = headers.get(b"content-type")
+    content_type = header.decode("latin-1") if header is not None else None
+    body_kind(row, content_type)
     declared = headers.get(b"content-length")
     if declared is not None:
         try:
@@ -155,8 +160,7 @@ async def _json_of(
             break
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     del chunks
-    content_type = headers.get(b"content-type")
-    return json_body(row, content_type.decode("latin-1") if content_type is not None else None, raw), total
+    return json_body(raw, max_depth), total
 
 
 def _deadline(request: Request[Any, Any, Any], header: str | None) -> float | None:

@@ -200,7 +200,7 @@ def cmd_lower(args: argparse.Namespace) -> int:
         return 1
     raw = Path(args.file).read_bytes() if args.file and args.file != "-" else sys.stdin.buffer.read()
     try:
-        body = parse_json_object(raw)
+        body = parse_json_object(raw, specs.routes.gateway.max_json_depth)
         if args.model:
             body["model"] = args.model
         if operation.validate is not None:

@@ -164,20 +164,51 @@ OPERATIONS: dict[str, OperationRow] = {row.name: row for row in _ROWS}
 # --------------------------------------------------------------------------- the request path per row
 
 
-def json_body(row: OperationRow, content_type: str | None, raw: bytes) -> dict[str, Any]:
+# What each row's body kind takes, by the request's Content-Type: a JSON row takes `application/json` and any
+# `application/*+json`; a multipart row takes `multipart/form-data`, and JSON too (a form without files). A
+# request that names no type is read as JSON, since nothing contradicts it (the OpenAI SDKs, the Vercel AI SDK
+# and OpenCode always name it). Anything else is a 415 before the body is read: `text/plain` (what `fetch`
+# sends for a string body), and `application/x-www-form-urlencoded`, what `curl -d` sends unless told.
+_TAKES: dict[BodyKind, tuple[BodyKind, ...]] = {"json": ("json",), "multipart": ("multipart", "json"), "none": ()}
+_WANTED = {"json": "a JSON body (`Content-Type: application/json`)", "multipart": "a `multipart/form-data` upload"}
+
+
+def body_kind(row: OperationRow, content_type: str | None) -> BodyKind:
+    """How this request's body is read, from its Content-Type and the row's body kind; or a 415."""
+    if row.body == "none":
+        return "none"
+    media = (content_type or "").partition(";")[0].strip().lower()
+    kind: BodyKind | None = None
+    if not media or media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        kind = "json"
+    elif media == "multipart/form-data":
+        kind = "multipart"
+    if kind in _TAKES[row.body]:
+        return kind
+    wanted = " or ".join(_WANTED[k] for k in reversed(_TAKES[row.body]))
+    hint = ""
+    if media == "application/x-www-form-urlencoded":
+        hint = " (curl -d sends that unless told: add -H 'Content-Type: application/json')"
+    message = f"This endpoint takes {wanted}; the request says `Content-Type: {media[:100]}`{hint}."
+    raise GatewayError(415, message, code="unsupported_media_type")
+
+
+def json_body(raw: bytes, max_depth: int) -> dict[str, Any]:
     """A JSON body, parsed: the one place both ways in (the ASGI handler of `engine.app` for JSON rows,
-    `_parse` for the others) turn request bytes and their content type into the dict every later step reads."""
-    return parse_json_object(raw)
+    `_parse` for the others) turn request bytes into the dict every later step reads. The content type was
+    checked before the body was read (`body_kind`)."""
+    return parse_json_object(raw, max_depth)
 
 
-async def _parse(row: OperationRow, request: Request[Any, Any, Any]) -> tuple[dict[str, Any], int]:
+async def _parse(row: OperationRow, request: Request[Any, Any, Any], max_depth: int) -> tuple[dict[str, Any], int]:
     """The body as a dict, and the prompt estimate it gives. A multipart row also takes a JSON object (a
     form without files)."""
     content_type = request.headers.get("content-type")
-    if row.body == "json" or (content_type or "").startswith("application/json"):
+    kind = body_kind(row, content_type)
+    if kind == "json":
         raw = await request.body()
-        return json_body(row, content_type, raw), len(raw) // 4
-    if row.body == "multipart":
+        return json_body(raw, max_depth), len(raw) // 4
+    if kind == "multipart":
         limit = request.route_handler.resolve_request_max_body_size() or 0
         form = await read_form(request, limit)
         return form, _form_estimate(form)
@@ -302,7 +333,7 @@ def _parsed(row: OperationRow, operation: ModelOperation) -> Handler:
         gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
     ) -> Response[Any]:
         assert key is not None  # engine check keeps proxied operations behind gateway keys
-        body, estimate = await _parse(row, request)
+        body, estimate = await _parse(row, request, gw.specs.routes.gateway.max_json_depth)
         return await operation(gw, body, estimate, key, timer)
 
     return parse_then

@@ -146,6 +146,13 @@ class Gateway(Strict):
     name: str = Field(description="Deployment name: `owned_by` fallback and the OpenCode provider id.")
     key_prefix: str = Field(pattern=r"^[a-z][a-z0-9]*-$", description="Prefix of every gateway key.")
     max_body_mb: int = Field(default=32, ge=1, description="Largest request body accepted, in MiB.")
+    max_json_depth: int = Field(
+        default=64,
+        ge=2,
+        le=256,
+        description="How deeply a JSON request body may nest objects and arrays (the body itself is level 1);"
+        " deeper is a 400 json_too_deep. At most 256, well inside what the parser itself can take.",
+    )
     key_cache_seconds: float = Field(
         default=1.0,
         ge=0,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -170,10 +171,16 @@ def nested(depth: int) -> bytes:
     return b'{"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "x": ' + inner + b"}"
 
 
-def test_json_as_deep_as_the_bound_parses_and_one_level_more_is_refused() -> None:
-    assert parse_json_object(nested(64), max_depth=64)["model"] == "openai/gpt-4.1"
+def objects(depth: int) -> bytes:
+    """Objects in objects, the innermost holding only a string (a dict the collector does not track)."""
+    return b'{"a": ' * (depth - 1) + b'{"leaf": "x"}' + b"}" * (depth - 1)
+
+
+@pytest.mark.parametrize("build", [nested, objects], ids=["arrays", "objects"])
+def test_json_as_deep_as_the_bound_parses_and_one_level_more_is_refused(build: Callable[[int], bytes]) -> None:
+    assert isinstance(parse_json_object(build(64), max_depth=64), dict)
     with pytest.raises(GatewayError) as caught:
-        parse_json_object(nested(65), max_depth=64)
+        parse_json_object(build(65), max_depth=64)
     assert (caught.value.status, caught.value.code) == (400, "json_too_deep")
     assert "64 levels" in caught.value.message
 
@@ -183,3 +190,56 @@ def test_json_deeper_than_the_parser_goes_is_a_400_not_a_500(gw: InProcess, dept
     response = gw.post(CHAT, content=nested(depth), headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "json_too_deep"
+
+
+def test_the_depth_bound_is_routes_toml_data(gw: InProcess) -> None:
+    bound = gw.gateway.specs.routes.gateway.max_json_depth
+    response = gw.post(CHAT, content=nested(bound + 1), headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "json_too_deep"
+    assert f"{bound} levels" in response.json()["error"]["message"]
+    assert gw.post(CHAT, content=nested(bound), headers={"content-type": "application/json"}).status_code == 200
+
+
+# ---------------------------------------------------------------- 4. the content type
+
+TRANSCRIPTIONS = "/external/v1/audio/transcriptions"
+VIDEOS = "/external/v1/videos"
+CONTENT_TYPES = [
+    # what the SDKs send, with parameters, a vendor +json type, and no type at all are read as JSON
+    (CHAT, "application/json", 200),
+    (CHAT, "application/json; charset=utf-8", 200),
+    (CHAT, "Application/JSON", 200),
+    (CHAT, "application/vnd.example+json", 200),
+    (CHAT, None, 200),
+    (CHAT, "text/plain", 415),
+    (CHAT, "application/x-www-form-urlencoded", 415),
+    (CHAT, "multipart/form-data; boundary=x", 415),
+    (RESPONSES, "text/plain;charset=UTF-8", 415),  # fetch() with a string body
+    (VIDEOS, "application/json", 200),  # a multipart row takes JSON too: a form without files
+    (TRANSCRIPTIONS, "text/plain", 415),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "status"), CONTENT_TYPES, ids=[f"{p.rsplit('/', 1)[1]}-{c}" for p, c, _ in CONTENT_TYPES]
+)
+def test_the_content_type_decides_how_a_body_is_read(
+    gw: InProcess, path: str, content_type: str | None, status: int
+) -> None:
+    body = {"model": "openai/gpt-4.1", "messages": HELLO, "input": "Say hello."}
+    if path == VIDEOS:
+        body = {"model": "openai/sora-2", "prompt": "A fox in the snow"}
+    headers = {"content-type": content_type} if content_type is not None else {}
+    response = gw.post(path, content=json.dumps(body).encode(), headers=headers)
+    assert content_type is not None or "content-type" not in response.request.headers
+    assert response.status_code == status, response.text
+    if status == 415:
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "unsupported_media_type")
+        assert gw.upstreams.hits() == 0
+
+
+def test_a_curl_d_body_is_told_how_to_fix_it(gw: InProcess) -> None:
+    response = gw.post(CHAT, content=json.dumps(chat()), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415
+    assert "-H 'Content-Type: application/json'" in response.json()["error"]["message"]
