@@ -158,9 +158,11 @@ def stages(gw: Gateway, raw: bytes, repeat: int) -> dict[str, float]:
     candidate = gw.catalog.resolve_all(PUBLIC_MODEL)[0]
     upstream, _ = row.prepare(body, candidate, gw.context)
     validate, prepare = row.validate, row.prepare
+    depth = gw.specs.routes.gateway.max_json_depth
     return {
         "msgspec decode + encode (yardstick)": median_us(lambda: msgspec.json.encode(msgspec.json.decode(raw)), repeat),
         "parse (msgspec decode)": median_us(lambda: parse_json_object(raw), repeat),
+        "parse + depth bound (routes.toml max_json_depth)": median_us(lambda: parse_json_object(raw, depth), repeat),
         "validate (pydantic)": median_us(lambda: validate(body), repeat),
         "resolve model": median_us(lambda: gw.catalog.resolve_all(PUBLIC_MODEL), repeat),
         "prepare (capabilities, wire, mappings, lower)": median_us(
