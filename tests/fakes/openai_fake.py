@@ -387,7 +387,7 @@ class Fake:
         if self.script:
             return await self._scripted(request, self.script.popleft())
         try:
-            return await self._answer(request, body)
+            return await self._serve(request, body)
         except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a body of the wrong shape: the real
             # APIs answer 400 to what they cannot read (found by tests/hardening/fuzz.py), never a 500
             message = f"Invalid request body ({type(exc).__name__})."
@@ -395,7 +395,7 @@ class Fake:
                 return web.json_response(anthropic_fake.error("invalid_request_error", message), status=400)
             return web.json_response(_invalid(message, None), status=400)
 
-    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         if request.path.endswith("/messages"):
             return await self._anthropic(request, body)
         if request.path.endswith("/responses"):
