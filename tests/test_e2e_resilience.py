@@ -5,6 +5,7 @@ watching the gateway's side of each connection."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -54,10 +55,18 @@ def test_a_client_that_hangs_up_on_a_json_call_cancels_the_upstream_within_a_sec
 
 
 def test_a_client_that_stops_reading_a_stream_then_leaves_cancels_the_upstream(gateway: Any, upstream: Any) -> None:
-    upstream.script({"sse": [chunk("x" * 2000)] * 20_000})  # 40 MB, as fast as the gateway reads it
+    # 400 MB, as fast as the gateway reads it: more than the kernel's socket buffers can hold (Linux may grow a
+    # loopback socket's to tcp_rmem's maximum, 32 MiB on some machines), so the fake is still writing.
+    upstream.script({"sse": [chunk("x" * 2000)], "repeat": 200_000})
     before = upstream.aborted()
     headers = {"Authorization": f"Bearer {gateway.key}"}
-    with httpx.stream("POST", gateway.root + CHAT, json=ONE_PROVIDER | {"stream": True}, headers=headers) as response:
+    # A small, fixed receive buffer: Linux's autotuning may otherwise grow a loopback socket's buffer to
+    # tcp_rmem's maximum (32 MiB on some machines), enough to swallow most of the stream unread.
+    small_buffer = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)])
+    with (
+        httpx.Client(transport=small_buffer) as client,
+        client.stream("POST", gateway.root + CHAT, json=ONE_PROVIDER | {"stream": True}, headers=headers) as response,
+    ):
         assert next(response.iter_lines()).startswith("data: ")
         time.sleep(0.5)  # not reading: the gateway's writes back up
     left = time.time()

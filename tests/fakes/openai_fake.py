@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -437,7 +439,9 @@ class Fake:
             return web.Response()
         headers = step.get("headers") or {}
         if "sse" in step:
-            events = [e if isinstance(e, str) else json.dumps(e) for e in step["sse"]]
+            events: Iterable[str] = [e if isinstance(e, str) else json.dumps(e) for e in step["sse"]]
+            if step.get("repeat"):  # a long stream without a long script: the events, over and over
+                events = itertools.chain.from_iterable(itertools.repeat(events, step["repeat"]))
             return await self._stream(request, events, headers, step.get("event_delay", 0), step.get("die_after"))
         if step.get("trickle"):
             return await self._trickle(request, json.dumps(step.get("json", {})).encode(), step["trickle"])
@@ -470,7 +474,7 @@ class Fake:
     async def _stream(
         self,
         request: web.Request,
-        events: list[str],
+        events: Iterable[str],
         headers: dict[str, str] | None = None,
         event_delay: float = 0,
         die_after: int | None = None,
