@@ -3,7 +3,9 @@
 The fake enforces Anthropic's thinking rule: in a tool loop with thinking on, the assistant turn that made
 the calls must come back starting with its thinking block, signature intact. OpenAI clients cannot carry
 that block, so these tests pass only if the gateway keeps it (stored, keyed by tool-call id and gateway
-key) and restores it on the next turn, on /chat/completions and /responses, streaming and not.
+key) and restores it on the next turn, on /chat/completions and /responses, streaming and not. The loops
+are run by the official OpenAI SDK and by the Vercel AI SDK (tests/clients/vercel_ai_sdk/tool_loop.mjs),
+which runs the tools and the next turns itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 
 from tests.conftest import WEATHER_TOOL
 from tests.fakes import anthropic_fake
+from tests.test_e2e_gemini import run_vercel_loop
 from tests.test_e2e_ledger import ledger_rows
 
 MODEL = "anthropic/claude-sonnet-4.6"
@@ -130,6 +133,45 @@ def test_responses_tool_loop_keeps_thinking_across_turns(client: openai.OpenAI, 
     second = client.responses.create(model=MODEL, input=items, tools=[RESPONSES_TOOL], reasoning={"effort": "medium"})
     assert second.output_text == f"The tool said: {RESULT}"
     assert messages_sent(upstream)[-1]["messages"][1]["content"][0]["type"] == "thinking"
+
+
+def assert_every_tool_turn_went_back_with_its_thinking(upstream: Any) -> None:
+    """Each request that answers tool calls sends the assistant turn that made them starting with the signed
+    thinking block the fake issued, with thinking still on; no packed id reaches Anthropic."""
+    answering = [b for b in messages_sent(upstream) if b["messages"][-1]["content"][0]["type"] == "tool_result"]
+    assert answering, "the loop answered tool calls"
+    for body in answering:
+        assert body["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+        assert body["messages"][-2]["content"][0] == {
+            "type": "thinking",
+            "thinking": anthropic_fake.THOUGHT,
+            "signature": anthropic_fake.sign(anthropic_fake.THOUGHT),
+        }
+        assert "cr1-" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_vercel_ai_sdk_tool_loop_keeps_thinking_across_turns(gateway: Any, upstream: Any, mode: str, api: str) -> None:
+    """Two user turns of two steps each (call the tool, answer from its result), thinking at effort medium.
+    The SDK does not give the signed block back: on chat it echoes only the thinking text as
+    `reasoning_content` (unsigned, so never sent as thinking); on /responses with store false it drops the
+    reasoning item outright (it has no `encrypted_content`). Only the tool-call id carries the block."""
+    seen = run_vercel_loop(gateway, MODEL, mode, api, effort="medium")
+    assert seen["turns"] == [{"text": 'The tool said: {"city":"Oslo","temp_c":4}', "steps": 2, "errors": []}] * 2
+    assert seen["executed"] == ["Oslo", "Oslo"]
+    (first_call,) = seen["toolCallIds"]  # the first turn's, as the SDK kept it in its history
+    assert first_call.startswith("cr1-anthropic-s") and len(first_call) < 80, "stored by reference, not inline"
+    steps = [step for turn in seen["steps"] for step in turn]
+    assert [step["reasoning"] for step in steps] == [anthropic_fake.THOUGHT] * 4, "every step thought"
+    replayed = steps[-1]["sent"]
+    if api == "chat":
+        made_calls = [m for m in replayed["messages"] if m.get("tool_calls")]
+        assert [m["reasoning_content"] for m in made_calls] == [anthropic_fake.THOUGHT] * 2
+    else:
+        assert not [item for item in replayed["input"] if item.get("type") == "reasoning"]
+    assert len(messages_sent(upstream)) == 4
+    assert_every_tool_turn_went_back_with_its_thinking(upstream)
 
 
 def test_prompt_cache_reads_and_writes_are_reported_priced_and_recorded(

@@ -150,12 +150,22 @@ def test_responses_api_tool_loop_keeps_thought_signatures(sdk: openai.OpenAI, ge
     assert_signatures_survive(gemini)
 
 
-def run_vercel_loop(gateway: Gateway, model: str, mode: str, api: str) -> dict[str, Any]:
+def run_vercel_loop(gateway: Gateway, model: str, mode: str, api: str, effort: str | None = None) -> dict[str, Any]:
+    """tests/clients/vercel_ai_sdk/tool_loop.mjs's two-turn loop; with `effort`, the SDK asks for reasoning."""
     node = shutil.which("node")
     assert node, "node is required for the Vercel AI SDK test (see the Makefile)"
     assert (CLIENT / "node_modules" / "ai").is_dir(), "run `make test` (npm ci in tests/clients/vercel_ai_sdk)"
     result = subprocess.run(
-        [node, str(CLIENT / "tool_loop.mjs"), gateway.url, gateway.key, model, mode, api],
+        [
+            node,
+            str(CLIENT / "tool_loop.mjs"),
+            gateway.url,
+            gateway.key,
+            model,
+            mode,
+            api,
+            *([effort] if effort else []),
+        ],
         capture_output=True,
         text=True,
         timeout=90,
