@@ -140,6 +140,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from engine import server
     from engine.catalog import Catalog
     from engine.spec.loader import SpecError, load_specs
 
@@ -152,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return 1
     os.environ["ENGINE_SPECS"] = str(specs_dir)  # for every worker process
+    os.environ[server.ENV] = specs.routes.server.model_dump_json()  # the HTTP server's bounds, likewise
     catalog = Catalog.from_specs(specs)
     local = [p for p in catalog.providers.values() if p.probed]
     answering = _probe(local)
@@ -175,7 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http=f"{server.__name__}:{server.GatewayProtocol.__name__}",  # uvicorn's httptools protocol, bounded
+        timeout_keep_alive=specs.routes.server.keep_alive_seconds,
         access_log=args.access_log,
         log_level="info" if args.access_log else "warning",
     )

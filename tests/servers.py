@@ -137,11 +137,13 @@ def run_gateway(
     breaker: str = NO_BREAKER,
     extra_providers: dict[str, str] | None = None,
     test_routes: bool = True,
+    routes_overrides: dict[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """`engine serve` on a free port with the shipped specs plus the test-only providers, and a key named
     `key_name` (`provider_env` may also name the database: ENGINE_DB, ENGINE_REDIS). `breaker` is appended
     to routes.toml; `extra_providers` (file name → TOML text) are written beside the shipped specs;
-    `test_routes=False` keeps routes.toml's other settings as shipped (benchmarks)."""
+    `test_routes=False` keeps routes.toml's other settings as shipped (benchmarks); `routes_overrides`
+    (shipped line → tested line) changes routes.toml settings for one gateway."""
     specs = tmp / "specs"
     shutil.copytree(REPO / "specs", specs)
     for extra in (REPO / "tests" / "fixtures" / "providers").glob("*.toml"):
@@ -151,7 +153,8 @@ def run_gateway(
     routes = (specs / "routes.toml").read_text()
     # write usage quickly, so tests can read it back; a small upload limit, so the 413 test sends little;
     # an OpenCode auth command that prints the test's key
-    for shipped, tested in TEST_ROUTES.items() if test_routes else ():
+    replacements = (TEST_ROUTES if test_routes else {}) | (routes_overrides or {})
+    for shipped, tested in replacements.items():
         assert shipped in routes, f"routes.toml no longer has {shipped!r}"
         routes = routes.replace(shipped, tested, 1)
     if test_routes:

@@ -371,6 +371,42 @@ class UpstreamLimits(Strict):
     )
 
 
+class ServerLimits(Strict):
+    """The HTTP server's own bounds (`engine/server.py`), checked before a request reaches the gateway. Each is
+    answered in OpenAI's error shape and closes the connection."""
+
+    max_header_kb: int = Field(
+        default=64,
+        ge=1,
+        description="Largest request head (request line and header fields), in KiB; larger is a 431"
+        " `request_headers_too_large`, answered as soon as that much has arrived.",
+    )
+    max_headers: int = Field(
+        default=100, ge=1, description="Most header fields in one request; more is a 431 `request_headers_too_large`."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a request's head may take to arrive, from the connection's start (or, on a kept-alive"
+        " connection, the request's first byte); slower is a 408 `request_timeout` (slowloris).",
+    )
+    body_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Time a request's body may take to arrive, from its head's end to its last byte (a whole-body"
+        " deadline, so a trickle cannot hold a connection); slower is a 408 `request_timeout`.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, description="An idle kept-alive connection is closed after this many seconds."
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most open connections per worker process; one more is answered 503 `too_many_connections`"
+        " (with retry-after) and closed. Unset: no cap but the process's file limit.",
+    )
+
+
 class BreakerPolicy(Strict):
     """Per-provider circuit breakers (`engine/health.py`): a provider failing again and again is skipped for
     a while instead of being tried by every request, then probed by a single one."""
@@ -439,6 +475,7 @@ class RoutesSpec(Strict):
     limits: Limits = Limits()
     opencode: OpenCode | None = Field(default=None, description="Needed by the OpenCode documents' routes.")
     upstream: UpstreamLimits = UpstreamLimits()
+    server: ServerLimits = ServerLimits()
     routes: list[Route] = Field(min_length=1)
 
 
