@@ -163,9 +163,10 @@ class GatewayProtocol(HttpToolsProtocol):
             cause = exc.__context__  # what a callback raised
             if isinstance(cause, _HeadTooLarge):
                 self._answer(headers_too_large(self.bound, cause.fields))
-            else:
+            else:  # llhttp's reason names the fault; a failing callback's would only name the callback
+                callback = isinstance(exc, httptools.HttpParserCallbackError)
                 self.logger.info("Invalid HTTP request received: %s", exc)
-                self._answer(not_http(str(exc) or "unreadable request"))
+                self._answer(not_http(str(exc) if str(exc) and not callback else "unreadable request line or headers"))
             return
         state = self._state
         if state == _HEAD:

@@ -146,9 +146,10 @@ def test_an_unknown_path_is_a_404_in_openai_shape_also_for_head(gateway: Gateway
         b"GARBAGE\r\n\r\n",
         b"GET /nope HTTP/9.9 extra\r\n\r\n",
         b"GET /nope HTTP/1.1\r\nno colon here\r\n\r\n",
+        "GET /café HTTP/1.1\r\nhost: x\r\n\r\n".encode(),
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the plain-HTTP port
     ],
-    ids=["method", "request-line", "header-line", "tls"],
+    ids=["method", "request-line", "header-line", "url", "tls"],
 )
 def test_bytes_that_are_not_http_are_a_400_in_openai_shape(gateway: Gateway, request_bytes: bytes) -> None:
     answer = exchange(gateway, request_bytes)
