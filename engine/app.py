@@ -25,6 +25,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
 from litestar.types import Receive, Scope, Send
 
+from engine import heap
 from engine.errors import GatewayError, invalid_request
 from engine.gateway import Gateway
 from engine.operations import OPERATIONS, OperationRow, body_kind, by_model, handler_for, json_body
@@ -213,10 +214,12 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return _gateway_error(request, error)
 
 
-def build_app(gw: Gateway) -> Litestar:
+def build_app(gw: Gateway, *, server: bool = False) -> Litestar:
+    """The application; `server` for a serving worker's own process, whose collector it tunes at start-up
+    (`engine.heap`; tests build many applications in one process and leave its collector alone)."""
     return Litestar(
         route_handlers=[_handler(gw, spec) for spec in gw.specs.routes.routes],
-        on_startup=[gw.startup],
+        on_startup=[gw.startup, heap.settle] if server else [gw.startup],
         on_shutdown=[gw.shutdown],
         exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected},
         openapi_config=None,
@@ -227,4 +230,4 @@ def build_app(gw: Gateway) -> Litestar:
 
 def create_app() -> Litestar:
     """Uvicorn factory: the gateway from the environment (`ENGINE_SPECS`, `ENGINE_DB`, provider keys)."""
-    return build_app(Gateway.build())
+    return build_app(Gateway.build(), server=True)
