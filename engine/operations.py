@@ -45,8 +45,20 @@ from engine.shapes.chat import CHAT
 from engine.shapes.responses import FromChatRenderer, NativeRenderer
 from engine.shapes.responses_request import capability_view, to_chat
 from engine.storage import KeyRecord
-from engine.validate import parse_json_object, validate_chat, validate_responses
+from engine.validate import (
+    ChatCompletionRequest,
+    ResponsesRequest,
+    parse_json_object,
+    validate_chat,
+    validate_responses,
+)
 from engine.validate_media import (
+    EmbeddingsRequest,
+    ImagesRequest,
+    SpeechRequest,
+    TranscriptionForm,
+    VideoContentQuery,
+    VideoRequest,
     validate_embeddings,
     validate_images,
     validate_speech,
@@ -76,6 +88,10 @@ class OperationRow:
     respond: Handler | None = None  # resolve == "none": the gateway's own answer
     answers: tuple[AnswerKind, ...] = ("json",)
     keyed: bool = True  # needs a gateway key (engine check enforces it on the route)
+    # The type `validate` checks against: `engine check` holds mapping paths and `request.*` reads to its fields.
+    request: type | None = None
+    # What request-stage mappings see, when not `request` (`/responses` is bridged into a chat request first).
+    mapped: type | None = None
 
 
 def prepare_chat(body: dict[str, Any], candidate: Candidate, ctx: Context) -> tuple[UpstreamRequest, Renderer]:
@@ -99,7 +115,13 @@ _ROWS = (
     OperationRow("models.list", "none", body="none", respond=models_list),
     OperationRow("models.retrieve", "none", body="none", respond=models_retrieve),
     OperationRow(
-        "chat.completions", "model", "chat", validate=validate_chat, prepare=prepare_chat, answers=("json", "sse")
+        "chat.completions",
+        "model",
+        "chat",
+        validate=validate_chat,
+        prepare=prepare_chat,
+        answers=("json", "sse"),
+        request=ChatCompletionRequest,
     ),
     OperationRow(
         "responses",
@@ -108,6 +130,8 @@ _ROWS = (
         validate=validate_responses,
         prepare=prepare_responses,
         answers=("json", "sse"),
+        request=ResponsesRequest,
+        mapped=ChatCompletionRequest,
     ),
     OperationRow(
         "embeddings",
@@ -115,6 +139,7 @@ _ROWS = (
         "embeddings",
         validate=validate_embeddings,
         prepare=prepare_embeddings,
+        request=EmbeddingsRequest,
     ),
     OperationRow(
         "images.generations",
@@ -123,6 +148,7 @@ _ROWS = (
         validate=validate_images,
         prepare=passthrough("images.generations", "images"),
         answers=("json", "sse"),
+        request=ImagesRequest,
     ),
     OperationRow(
         "audio.speech",
@@ -131,6 +157,7 @@ _ROWS = (
         validate=validate_speech,
         prepare=passthrough("audio.speech", "speech"),
         answers=("bytes", "sse"),
+        request=SpeechRequest,
     ),
     OperationRow(
         "audio.transcriptions",
@@ -140,9 +167,16 @@ _ROWS = (
         validate=validate_transcription,
         prepare=passthrough("audio.transcriptions", "transcriptions"),
         answers=("json", "bytes", "sse"),
+        request=TranscriptionForm,
     ),
     OperationRow(
-        "videos.generations", "model", "videos", "multipart", validate=validate_video, prepare=prepare_video_create
+        "videos.generations",
+        "model",
+        "videos",
+        "multipart",
+        validate=validate_video,
+        prepare=prepare_video_create,
+        request=VideoRequest,
     ),
     OperationRow("videos.retrieve", "job", "videos.retrieve", "none", prepare=prepare_video_status),
     OperationRow(
@@ -153,6 +187,7 @@ _ROWS = (
         validate=validate_video_content,
         prepare=prepare_video_content,
         answers=("bytes",),
+        request=VideoContentQuery,
     ),
     OperationRow("opencode.wellknown", "none", body="none", respond=opencode.wellknown, keyed=False),
     OperationRow("opencode.config", "none", body="none", respond=opencode.config, keyed=False),

@@ -112,6 +112,49 @@ def compile_template(source: str, allowed: frozenset[str] | None = None) -> Temp
     return Template(source, names, template.render)
 
 
+# ----------------------------------------------------------------------------------------- reads
+
+Read = tuple[str, tuple[str | None, ...]]  # `request.messages[0].content` → ("request", ("messages", None, "content"))
+
+
+def reads(source: str, template: bool = False) -> list[Read]:
+    """Every attribute path an expression (or template) reads from a name, for `engine check` to hold to the
+    fields that name has. An index or a computed key is None (any element); a method called on a value
+    (`request.model.startswith(...)`) is not a field, so the path ends before it. `source` must compile."""
+    tree: nodes.Node = _ENV.parse(source) if template else _parse(source)
+    found: list[Read] = []
+    _collect(tree, found)
+    return found
+
+
+def _collect(node: nodes.Node, found: list[Read]) -> None:
+    if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+        _collect(node.node.node, found)  # the method's receiver; its own name is not a field
+        for child in [*node.args, *node.kwargs, node.dyn_args, node.dyn_kwargs]:
+            if child is not None:
+                _collect(child, found)
+        return
+    if isinstance(node, nodes.Getattr | nodes.Getitem):
+        steps: list[str | None] = []
+        base: nodes.Node = node
+        while isinstance(base, nodes.Getattr | nodes.Getitem):
+            if isinstance(base, nodes.Getattr):
+                steps.append(base.attr)
+            elif isinstance(base.arg, nodes.Const) and isinstance(base.arg.value, str):
+                steps.append(base.arg.value)
+            else:
+                steps.append(None)
+                _collect(base.arg, found)
+            base = base.node
+        if isinstance(base, nodes.Name):
+            found.append((base.name, tuple(reversed(steps))))
+        else:
+            _collect(base, found)
+        return
+    for inner in node.iter_child_nodes():
+        _collect(inner, found)
+
+
 # ----------------------------------------------------------------------------------------- folding
 
 _TRUE, _FALSE = nodes.Const(True), nodes.Const(False)

@@ -215,6 +215,53 @@ class ResponsesRequest(Loose):
     store: NotRequired[bool | None]
 
 
+# Fields of OpenAI's requests that pass through unchecked, named beside the checked ones so that `engine check`
+# knows every field a spec may touch (engine/spec/fields.py). They are kept out of the TypedDicts, where each
+# would cost a lookup per validated object (per message, for the message fields). `reasoning_content` is not
+# OpenAI's: the gateway answers with it, and clients send it back in their next turn.
+UNCHECKED: dict[type, tuple[str, ...]] = {
+    ChatCompletionRequest: (
+        "seed",
+        "logit_bias",
+        "user",
+        "service_tier",
+        "store",
+        "metadata",
+        "prompt_cache_key",
+        "safety_identifier",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "verbosity",
+        "functions",
+        "function_call",
+    ),
+    SystemMessage: ("name",),
+    DeveloperMessage: ("name",),
+    UserMessage: ("name",),
+    AssistantMessage: ("name", "refusal", "audio", "function_call", "reasoning_content"),
+    ResponsesRequest: (
+        "previous_response_id",
+        "conversation",
+        "background",
+        "prompt",
+        "include",
+        "text",
+        "tool_choice",
+        "parallel_tool_calls",
+        "max_tool_calls",
+        "metadata",
+        "prompt_cache_key",
+        "safety_identifier",
+        "service_tier",
+        "truncation",
+        "user",
+        "top_logprobs",
+        "stream_options",
+    ),
+}
+
 _CHAT = TypeAdapter(ChatCompletionRequest)
 _RESPONSES = TypeAdapter(ResponsesRequest)
 

@@ -102,6 +102,9 @@ class VideoContentQuery(FormModel):
     variant: Literal["video", "thumbnail", "spritesheet"] | None = None
 
 
+# Fields of OpenAI's requests that pass through unchecked (as `engine.validate.UNCHECKED`, for `engine check`).
+UNCHECKED: dict[type, tuple[str, ...]] = {ImagesRequest: ("user",)}
+
 _EMBEDDINGS = TypeAdapter(EmbeddingsRequest)
 _IMAGES = TypeAdapter(ImagesRequest)
 _SPEECH = TypeAdapter(SpeechRequest)

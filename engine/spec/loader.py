@@ -2,7 +2,9 @@
 
 Checking happens in three passes, each reporting every problem with the file and the key it sits at:
 1. each file against its published JSON Schema (shape, types, unknown keys);
-2. expressions compile and read only the names their place offers;
+2. expressions compile and read only the names their place offers, and only fields of those names; mapping
+   paths are fields of the request (`engine/spec/names.py`). This pass reads the TOML as written, so it runs
+   on a file whose schema check failed too: one run reports every problem of every kind;
 3. cross-file facts: unique provider ids, wires that exist, model facts that exist.
 
 Profiles (`profiles/<name>.toml`) are rules an API follows whoever hosts it (OpenAI's, on OpenAI and on
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,15 +26,16 @@ from typing import Any, TypeVar
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
-from engine.rules import ExpressionError, compile_expression, compile_template
+from engine.rules import ExpressionError, compile_template
+from engine.spec import names
 from engine.spec.models import ModelFacts, ProfileSpec, ProviderSpec, RoutesSpec, operation_needs_key, operation_row
+from engine.spec.names import ERROR_NAMES, REQUEST_NAMES, format_key
 from engine.spec.schema import schema_for
 from engine.wires import WIRES
 from engine.wires.base import NoCodec, codec_for
 
 M = TypeVar("M", bound=BaseModel)
-REQUEST_NAMES = frozenset({"request", "model", "operation"})
-ERROR_NAMES = frozenset({"status", "error", "provider"})
+__all__ = ["ERROR_NAMES", "REQUEST_NAMES", "TEMPLATE_NAMES", "SpecError", "Specs", "format_key", "load_specs"]
 TEMPLATE_NAMES = frozenset({"model", "settings"})
 
 
@@ -66,20 +68,6 @@ class Specs:
     facts: tuple[FactsFile, ...] = ()
 
 
-def format_key(path: Iterable[Any]) -> str:
-    """`['models', 'openai/gpt-5', 'tools']` → `models."openai/gpt-5".tools` (TOML-ish, as a user reads it)."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = str(part)
-            if not text.replace("_", "").replace("-", "").isalnum():
-                text = f'"{text}"'
-            out += f".{text}" if out else text
-    return out or "(top level)"
-
-
 def _read_toml(path: Path, problems: list[str]) -> dict[str, Any] | None:
     try:
         with path.open("rb") as fh:
@@ -109,21 +97,6 @@ def _parse(path: Path, data: dict[str, Any], model: type[M], problems: list[str]
         return None
 
 
-def _expressions(spec: ProviderSpec | RoutesSpec | ProfileSpec) -> Iterator[tuple[str, str, frozenset[str]]]:
-    """Every expression in a spec as (key, source, names it may read)."""
-    if isinstance(spec, ProviderSpec | ProfileSpec):
-        for i, mapping in enumerate(spec.mappings):
-            if mapping.when:
-                yield f"mappings[{i}].when", mapping.when, REQUEST_NAMES
-            for field, source in mapping.compute.items():
-                yield f"mappings[{i}].compute.{field}", source, REQUEST_NAMES
-        for i, wire_rule in enumerate(spec.wire_rules):
-            yield f"wire_rules[{i}].when", wire_rule.when, REQUEST_NAMES
-    for i, error_rule in enumerate(spec.error_rules):
-        if error_rule.when:
-            yield f"error_rules[{i}].when", error_rule.when, ERROR_NAMES
-
-
 def _pattern_problems(path: Path, spec: ProviderSpec | RoutesSpec | ProfileSpec) -> list[str]:
     problems = []
     for i, rule in enumerate(spec.error_rules):
@@ -135,16 +108,6 @@ def _pattern_problems(path: Path, spec: ProviderSpec | RoutesSpec | ProfileSpec)
             except re.error as exc:
                 key = f"error_rules[{i}].match[{j}].message"
                 problems.append(f"{path}: {key}: not a usable regular expression: {exc}")
-    return problems
-
-
-def _expression_problems(path: Path, spec: ProviderSpec | RoutesSpec | ProfileSpec) -> list[str]:
-    problems = _pattern_problems(path, spec)
-    for key, source, names in _expressions(spec):
-        try:
-            compile_expression(source, names)
-        except ExpressionError as exc:
-            problems.append(f"{path}: {key}: {exc}")
     return problems
 
 
@@ -219,39 +182,47 @@ def _with_facts(path: Path, data: dict[str, Any], facts: dict[str, FactsFile], p
         name = row.get("facts") if isinstance(row, dict) else None
         if isinstance(name, str):
             shared = facts.get(name)
-            if shared is None:
+            if shared is not None:
+                row = {**shared.facts.model_dump(exclude_unset=True), **row}
+            elif not (path.parent.parent / "models" / f"{name}.toml").is_file():  # else its own problems are listed
                 key = format_key(["models", public_id, "facts"])
                 problems.append(f"{path}: {key}: no facts file {name!r} (models/<maker>/<model>.toml)")
-            else:
-                row = {**shared.facts.model_dump(exclude_unset=True), **row}
         merged[public_id] = row
     return {**data, "models": merged}
 
 
-def _load_profiles(root: Path, problems: list[str]) -> dict[str, ProfileSpec]:
+def _load_profiles(root: Path, problems: list[str]) -> tuple[dict[str, ProfileSpec], dict[str, dict[str, Any]]]:
+    """The profiles that load, and every profile file as read (for its extensions and, when it does not load,
+    so that its providers do not also report it missing). A profile's mappings may serve any operation."""
     found: dict[str, ProfileSpec] = {}
+    read: dict[str, dict[str, Any]] = {}
     for path in sorted((root / "profiles").glob("*.toml")):
         data = _read_toml(path, problems)
-        profile = None if data is None else _parse(path, data, ProfileSpec, problems)
+        if data is None:
+            continue
+        read[path.stem] = data
+        problems += names.problems(path, data, names.scope_for(None, names.declared_extensions(data)))
+        profile = _parse(path, data, ProfileSpec, problems)
         if profile is not None:
-            problems += _expression_problems(path, profile)
+            problems += _pattern_problems(path, profile)
             found[path.stem] = profile
-    return found
+    return found, read
 
 
 def _with_profiles(
-    path: Path, data: dict[str, Any], profiles: dict[str, ProfileSpec], problems: list[str]
+    path: Path, data: dict[str, Any], profiles: dict[str, ProfileSpec], read: dict[str, Any], problems: list[str]
 ) -> dict[str, Any]:
     """The provider file with its profiles' rules folded in: mappings first (the provider's own refine them),
     wire and error rules last (the provider's own are tried first)."""
-    names = data.get("profiles")
-    if not isinstance(names, list) or not names:
+    listed = data.get("profiles")
+    if not isinstance(listed, list) or not listed:
         return data
     merged = dict(data)
-    for i, name in enumerate(names):
+    for i, name in enumerate(listed):
         profile = profiles.get(name) if isinstance(name, str) else None
         if profile is None:
-            problems.append(f"{path}: profiles[{i}]: no profile {name!r} (profiles/<name>.toml)")
+            if name not in read:  # one that is there but does not load has its own problems listed
+                problems.append(f"{path}: profiles[{i}]: no profile {name!r} (profiles/<name>.toml)")
             continue
         shared = profile.model_dump(exclude_unset=True)
         merged["mappings"] = [*shared.get("mappings", []), *merged.get("mappings", [])]
@@ -286,6 +257,7 @@ def _url_problems(path: Path, spec: ProviderSpec) -> list[str]:
             except ExpressionError as exc:
                 problems.append(f"{path}: {key}: {exc}")
             else:
+                problems += names.template_problems(f"{path}: {key}", source)
                 problems += [
                     f"{path}: {key}: reads settings.{n}, which `settings` does not declare"
                     for n in _settings_read(source)
@@ -304,6 +276,14 @@ def _liveness_problems(path: Path, spec: ProviderSpec) -> list[str]:
     return []
 
 
+def _scope(data: dict[str, Any], profiles: dict[str, dict[str, Any]]) -> names.Scope:
+    """A provider's scope: the operations its rows serve; its own extensions and its profiles'."""
+    listed = data.get("profiles")
+    followed = [profiles.get(n) for n in listed if isinstance(n, str)] if isinstance(listed, list) else []
+    extensions = [e for profile in followed for e in names.declared_extensions(profile)]
+    return names.scope_for(names.served_operations(data), [*extensions, *names.declared_extensions(data)])
+
+
 def load_specs(root: Path) -> Specs:
     """Load and check everything under `root`; raise `SpecError` listing every problem found."""
     problems: list[str] = []
@@ -311,25 +291,29 @@ def load_specs(root: Path) -> Specs:
     routes: RoutesSpec | None = None
     data = _read_toml(routes_path, problems)
     if data is not None:
+        problems += names.problems(routes_path, data, names.scope_for(None, ()))
         routes = _parse(routes_path, data, RoutesSpec, problems)
         if routes is not None:
-            problems += _expression_problems(routes_path, routes) + _route_problems(routes_path, routes)
+            problems += _pattern_problems(routes_path, routes) + _route_problems(routes_path, routes)
 
     facts = _load_facts(root, problems)
-    profiles = _load_profiles(root, problems)
+    profiles, profiles_read = _load_profiles(root, problems)
     providers: list[ProviderFile] = []
     provider_paths = sorted((root / "providers").glob("*.toml"))
     if not provider_paths:
         problems.append(f"{root / 'providers'}: no provider specs (*.toml) found")
     seen: dict[str, Path] = {}
     for path in provider_paths:
-        data = _read_toml(path, problems)
-        if data is not None:
-            data = _with_profiles(path, _with_facts(path, data, facts, problems), profiles, problems)
-        spec = None if data is None else _parse(path, data, ProviderSpec, problems)
+        own = _read_toml(path, problems)
+        if own is None:
+            continue
+        data = _with_facts(path, own, facts, problems)
+        problems += names.problems(path, own, _scope(data, profiles_read))  # whether or not the schema holds
+        data = _with_profiles(path, data, profiles, profiles_read, problems)
+        spec = _parse(path, data, ProviderSpec, problems)
         if spec is None:
             continue
-        problems += _expression_problems(path, spec) + _wire_problems(path, spec) + _liveness_problems(path, spec)
+        problems += _pattern_problems(path, spec) + _wire_problems(path, spec) + _liveness_problems(path, spec)
         problems += _url_problems(path, spec)
         if spec.provider.id in seen:
             problems.append(f"{path}: provider.id: {spec.provider.id!r} is already used by {seen[spec.provider.id]}")

@@ -623,7 +623,8 @@ class Clamp(Strict):
     max: float | None = None
 
 
-FieldPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_-]*(\[\])?)*$")]
+FIELD_PATH = r"^[A-Za-z_][A-Za-z0-9_-]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_-]*(\[\])?)*$"
+FieldPath = Annotated[str, Field(pattern=FIELD_PATH)]
 PlainPath = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$")]
 
 
@@ -634,6 +635,10 @@ class Mapping(Strict):
     Keys are paths: dots descend into objects, `[]` applies to each element of a list
     (`messages[].name`). Blocks run in file order, each seeing the result of the ones before.
     """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"dependentRequired": {"extensions": ["why"]}}
+    )
 
     stage: Literal["request", "wire"] = Field(
         default="request",
@@ -657,6 +662,19 @@ class Mapping(Strict):
         default_factory=dict,
         description="Field ← expression result; a null or undefined result removes the field.",
     )
+    extensions: list[FieldPath] = Field(
+        default_factory=list,
+        description="Fields of the provider's own that this block writes or reads, which OpenAI's request does"
+        " not have (`random_seed`, `thinking`). Every other path, and every `request.*` an expression reads, must"
+        " be a field of the request (`engine check`); once declared here, the provider's other blocks and rules"
+        " may name it too. Needs a `why`.",
+    )
+
+    @model_validator(mode="after")
+    def _extensions_say_why(self) -> Mapping:
+        if self.extensions and not self.why:
+            raise ValueError("a mapping that declares `extensions` needs a `why` saying whose fields they are")
+        return self
 
 
 class WireRule(Strict):
