@@ -39,9 +39,18 @@ def run_fault_upstream(bomb_mb: int = 256) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def run_probe_gateway(tmp: Path, fault_url: str) -> Iterator[Gateway]:
+def run_probe_gateway(
+    tmp: Path, fault_url: str, routes: dict[str, str] | None = None, read_timeout: float | None = None
+) -> Iterator[Gateway]:
+    """`engine serve` in front of the fault upstream; `routes` replaces text in routes.toml (a setting's line),
+    `read_timeout` the upstream's (2 s, for the hang probes; a load of large answers wants more)."""
     env = {"FAULTY_API_KEY": PROVIDER_KEY, "FAULTY_BASE_URL": fault_url}
-    with run_gateway(tmp, env, extra_providers={"faulty.toml": (HERE / "faulty.toml").read_text()}) as gateway:
+    faulty = (HERE / "faulty.toml").read_text()
+    if read_timeout is not None:
+        assert "\nread = 2\n" in faulty
+        faulty = faulty.replace("\nread = 2\n", f"\nread = {read_timeout:g}\n", 1)
+    providers = {"faulty.toml": faulty}
+    with run_gateway(tmp, env, extra_providers=providers, routes_overrides=routes) as gateway:
         yield gateway
 
 

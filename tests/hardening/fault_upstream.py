@@ -6,6 +6,8 @@ The fault is the upstream model name, so one server serves every probe at once: 
 public ID `faulty/<fault>` to the upstream model `<fault>`. Unknown names answer like OpenAI would (the
 `ok` fault). Secrets the leak audit looks for are in `SECRETS`; they must never reach a client.
 
+`GET /_faults` answers when the gateway last hung up on each fault mid-answer (`{"cancelled": {fault: time}}`).
+
 Run it alone with `python -m tests.hardening.fault_upstream --port 9200 [--bomb-mb 2048]`.
 """
 
@@ -17,6 +19,7 @@ import contextlib
 import json
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +29,7 @@ from tests.fakes.openai_fake import completion, response_events, response_object
 PROVIDER_KEY = "sk-fault-PROVIDERSECRET-9f8e7d6c5b4a"
 SECRETS = {"key": PROVIDER_KEY}  # filled in with the server's own URL and host at start-up
 CHUNK = 1 << 20
+BIG_PADDING = b"p" * (10 * CHUNK)
 
 
 def _status_line(status: int, reason: str = "") -> bytes:
@@ -56,7 +60,7 @@ class Faults:
         self.bomb_mb = bomb_mb
         self._bomb: bytes | None = None
         self.started = 0  # answers begun, per fault (for the disconnect probes)
-        self.cancelled: dict[str, float] = {}  # fault → loop time the gateway hung up mid-answer
+        self.cancelled: dict[str, float] = {}  # fault → when (time.time()) the gateway last hung up mid-answer
         self.began: dict[str, float] = {}
 
     @property
@@ -181,21 +185,24 @@ async def answer(
     async def error_10mb() -> None:
         await _send_json(writer, 500, {"error": {"message": "x" * (10 * CHUNK), "type": "server_error"}})
 
-    async def big_json() -> None:  # a valid 10 MiB answer, for clients that never read
-        await _send_json(writer, 200, {**good, "padding": "p" * (10 * CHUNK)})
+    async def big_json() -> None:  # a valid 10 MiB answer, for clients that never read (built fast: 50 at once)
+        raw = json.dumps(good).encode()[:-1] + b', "padding": "' + BIG_PADDING + b'"}'
+        writer.write(_head(200, {"content-type": "application/json", "content-length": str(len(raw))}))
+        writer.write(raw)
+        await writer.drain()
 
     async def big_stream() -> None:  # a long stream, for clients that leave mid-call
         chunk = json.dumps(stream_chunks({**body, "stream_options": {}})[1])
         try:
             await _send_sse(writer, [chunk] * 200_000, delay=0.001)
         except (ConnectionError, asyncio.CancelledError):
-            faults.cancelled[fault] = loop.time()
+            faults.cancelled[fault] = time.time()
             raise
 
     async def slow_json() -> None:  # answers after 30 s, unless the gateway hangs up first (JSON)
         try:
             if await asyncio.wait_for(reader.read(1), 30) == b"":
-                faults.cancelled[fault] = loop.time()
+                faults.cancelled[fault] = time.time()
                 return
         except (TimeoutError, ConnectionError):
             pass
@@ -248,8 +255,12 @@ async def handle(faults: Faults, reader: asyncio.StreamReader, writer: asyncio.S
             request_line, *lines = head.decode("latin-1").split("\r\n")
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
             raw = await reader.readexactly(int(headers.get("content-length", "0")))
+            path = request_line.split(" ")[1]
+            if path == "/_faults":  # the probes' view of what the upstream saw (bench/probe.py disconnect)
+                await _send_json(writer, 200, {"cancelled": faults.cancelled})
+                continue
             body = json.loads(raw) if raw else {}
-            await answer(faults, request_line.split(" ")[1], body if isinstance(body, dict) else {}, reader, writer)
+            await answer(faults, path, body if isinstance(body, dict) else {}, reader, writer)
             if writer.transport.is_closing():
                 return
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
