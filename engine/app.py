@@ -28,6 +28,7 @@ from litestar.types import Receive, Scope, Send
 from engine import heap
 from engine.errors import GatewayError, invalid_request
 from engine.gateway import Gateway
+from engine.memory import give_back_large_buffers
 from engine.operations import OPERATIONS, OperationRow, body_kind, by_model, handler_for, json_body
 from engine.proxy import Timer
 from engine.respond import JSONAnswer, StreamAnswer
@@ -119,6 +120,7 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
         finally:
             caller.stop()
             CALLER.reset(token)
+        del body  # the request is answered: only the answer is kept while the client reads it
         if isinstance(answer, JSONAnswer | StreamAnswer):  # what proxied answers are: their own ASGI apps
             await answer(scope, receive, send)
         else:
@@ -229,5 +231,7 @@ def build_app(gw: Gateway, *, server: bool = False) -> Litestar:
 
 
 def create_app() -> Litestar:
-    """Uvicorn factory: the gateway from the environment (`ENGINE_SPECS`, `ENGINE_DB`, provider keys)."""
+    """Uvicorn factory: the gateway from the environment (`ENGINE_SPECS`, `ENGINE_DB`, provider keys). Runs in
+    every worker process, so each gives large buffers back (`engine.memory`)."""
+    give_back_large_buffers()
     return build_app(Gateway.build(), server=True)

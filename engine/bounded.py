@@ -108,17 +108,28 @@ async def iter_decoded(response: httpx.Response, limit: int) -> AsyncIterator[by
 
 async def read_decoded(response: httpx.Response, limit: int) -> bytes:
     """The whole decoded answer; `AnswerTooLarge` past `limit`. The caller closes the response.
-    (`iter_decoded`'s loop, without a generator around it: a JSON answer is most often one read.)"""
+    (`iter_decoded`'s loop, without a generator around it: a JSON answer is most often one read, returned as it
+    came.) Later reads are appended to one buffer as they arrive, never kept as a list of reads: a large answer
+    is then one large block, which goes back to the OS when freed (`engine.memory`), where thousands of reads
+    freed together would leave the heap holding them."""
     decoder = _decoder_of(response)
-    parts = []
+    first = b""
+    buffer: bytearray | None = None
     seen = 0
     async for raw in _raw(response):
         chunk = raw if decoder is None else decoder.feed(raw, limit - seen)
         seen += len(chunk)
         if seen > limit:
             raise AnswerTooLarge(f"more than {limit} bytes")
-        parts.append(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        if buffer is not None:
+            buffer += chunk
+        elif not first:
+            first = chunk
+        else:
+            buffer = bytearray(first)
+            buffer += chunk
+            first = b""
+    return first if buffer is None else bytes(buffer)
 
 
 async def read_prefix(response: httpx.Response, limit: int) -> bytes:

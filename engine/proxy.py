@@ -257,6 +257,7 @@ async def _proxy(
         doc = _decode(raw)
     except msgspec.DecodeError:
         doc = None
+    del raw  # parsed: at most two copies of a large answer at once (the parsed one, then the encoded one)
     if not isinstance(doc, dict):
         raise _invalid(candidate.provider.id, "an answer that is not a JSON object")
     answers = candidate.provider.answers
@@ -283,7 +284,9 @@ async def _proxy(
     overhead = gw.specs.routes.headers.overhead
     if overhead:
         headers[overhead] = timer.overhead_ms()
-    return JSONAnswer(_encode(answer_doc), headers)
+    encoded = _encode(answer_doc)
+    del answer_doc, doc, raised  # the client may take long to read the answer: keep only its bytes
+    return JSONAnswer(encoded, headers, idle=gw.specs.routes.gateway.answer_idle_seconds)
 
 
 # What a relayed byte answer keeps of the upstream's headers (the body is relayed as it came, still encoded).

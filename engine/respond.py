@@ -7,6 +7,12 @@ is already encoded JSON with a handful of string headers, and that machinery was
 its diagnostic headers on `headers` after the fact) and Litestar's handler plumbing treat it as one, but it is
 its own ASGI answer: Litestar sends it as it is.
 
+A large JSON answer goes out in parts of `PART` bytes, each sent when the client has taken the one before (the
+server's `send` waits for its write buffer to drain below the high-water mark first): a client that does not
+read holds one part in the server's buffer, not a copy of the whole answer. A client that takes nothing for
+`idle` seconds (routes.toml `answer_idle_seconds`) is dropped, and the answer's memory freed with it. An answer
+of one part is one `send`, as before.
+
 `StreamAnswer` does the same for relayed streams (SSE events, audio bytes). Litestar's `Stream` runs the body in
 a task group of its own, with a second task listening for the client's disconnect, and cancels both at the end
 (anyio formats the cancelling task's repr for its message): ~0.3 ms of CPU per streamed request here, more than
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -28,7 +35,9 @@ from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receiv
 
 from engine.timeouts import Caller
 
+log = logging.getLogger("engine.respond")
 _JSON = (b"content-type", b"application/json")
+PART = 256 * 1024  # a JSON answer larger than this goes out in parts of this size
 
 
 def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -36,12 +45,16 @@ def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 class JSONAnswer(Response[bytes]):
-    __slots__ = ()
+    """An encoded JSON answer; over `PART` bytes, sent in parts to a client that must read each within `idle`
+    seconds (see the module's doc)."""
+
+    __slots__ = ("idle",)
 
     status_code: int
 
-    def __init__(self, body: bytes, headers: dict[str, str], status_code: int = 200) -> None:
+    def __init__(self, body: bytes, headers: dict[str, str], status_code: int = 200, idle: float = 30.0) -> None:
         # Not Response.__init__: it normalizes cookies, headers and type encoders this answer never has.
+        self.idle = idle
         self.content = body
         self.headers = headers  # the caller's dict: headers added later (the attempt trail's) are sent too
         self.status_code = status_code
@@ -59,8 +72,33 @@ class JSONAnswer(Response[bytes]):
         raw += _encoded(self.headers)
         start: HTTPResponseStartEvent = {"type": "http.response.start", "status": self.status_code, "headers": raw}
         await send(start)
-        body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": self.content, "more_body": False}
-        await send(body)
+        content = self.content
+        if len(content) <= PART:
+            body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": content, "more_body": False}
+            await send(body)
+            return
+        try:
+            await _send_parts(send, content, self.idle)
+        except TimeoutError:
+            # Returning mid-answer makes the server close the connection (uvicorn logs that it did).
+            log.info("client read none of a %d-byte answer for %g s; connection dropped", len(content), self.idle)
+        finally:
+            self.content = b""  # nothing else may keep the answer alive once the client is gone
+
+
+async def _send_parts(send: Send, content: bytes, idle: float) -> None:
+    """`content` in `PART`-byte parts; each `send` must return within `idle` seconds (TimeoutError if not)."""
+    loop = asyncio.get_running_loop()
+    last = len(content) - PART
+    async with asyncio.timeout(None) as guard:
+        for start in range(0, len(content), PART):
+            guard.reschedule(loop.time() + idle)
+            part: HTTPResponseBodyEvent = {
+                "type": "http.response.body",
+                "body": content[start : start + PART],
+                "more_body": start < last,
+            }
+            await send(part)
 
 
 class StreamAnswer(Response[bytes]):

@@ -171,6 +171,13 @@ class Gateway(Strict):
         description="How long provider state carried across turns by reference (Anthropic's thinking blocks) is"
         " kept for the client's next turn.",
     )
+    answer_idle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a JSON answer waits for a client that reads none of it: a large answer is sent in"
+        " parts, each when the client has taken the last; one that waits longer ends the connection, and the"
+        " answer's memory is freed.",
+    )
 
 
 class LedgerPolicy(Strict):
