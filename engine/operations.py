@@ -43,7 +43,7 @@ from engine.select import select_wire
 from engine.shapes.base import Renderer
 from engine.shapes.chat import CHAT
 from engine.shapes.responses import FromChatRenderer, NativeRenderer
-from engine.shapes.responses_request import capability_view, to_chat
+from engine.shapes.responses_request import capability_view, check_input, to_chat
 from engine.storage import KeyRecord
 from engine.validate import (
     ChatCompletionRequest,
@@ -104,6 +104,7 @@ def prepare_responses(body: dict[str, Any], candidate: Candidate, ctx: Context) 
     """`/responses` for every model: passed through to providers that speak it, bridged over chat elsewhere."""
     choice = select_wire(candidate, body, "responses", "responses")
     if choice.wire.accepts == "responses":
+        check_input(body)  # the bridge's type checks of the input items, converting nothing
         check_capabilities(capability_view(body), candidate)
         return lower_request(candidate, body, choice, "responses", ctx.strip), NativeRenderer()
     chat = to_chat(body)

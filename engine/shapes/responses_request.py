@@ -32,6 +32,9 @@ _CHAT_PASSTHROUGH = (
 )
 
 
+_ROLES = ("user", "assistant", "system", "developer")
+
+
 def _refuse(param: str, message: str) -> GatewayError:
     return GatewayError(400, message, param=param, code="unsupported_parameter")
 
@@ -125,7 +128,7 @@ def input_to_messages(body: JSON) -> list[JSON]:
         kind = _string(item, "type", param, default="message")
         if kind == "message":
             role = item.get("role")
-            if role not in ("user", "assistant", "system", "developer"):
+            if role not in _ROLES:
                 raise _refuse(f"{param}.role", f"Unknown message role `{role}`.")
             messages.append({"role": role, "content": _chat_content(item, param)})
         elif kind == "function_call":
@@ -147,6 +150,114 @@ def input_to_messages(body: JSON) -> list[JSON]:
         else:
             raise _refuse(param, f"Input items of type `{kind}` cannot be sent to this model.")
     return messages
+
+
+# ------------------------------------------------------------------ the native passthrough's checks
+
+
+def _check_part(part: Any, param: str) -> None:
+    """`_chat_part`'s type checks, converting nothing and refusing no part type: a native provider takes
+    more kinds of parts than the bridge can carry."""
+    part = _object(part, param)
+    kind = _string(part, "type", param)
+    if kind in ("input_text", "output_text", "text"):
+        _string(part, "text", param)
+    elif kind == "input_image":
+        _optional(part, "image_url", param, str, "a string (a URL or a data URL)")
+        _optional(part, "detail", param, str, "a string")
+    elif kind == "input_file":
+        for key in ("file_id", "file_data", "filename"):
+            _optional(part, key, param, str, "a string")
+
+
+def _check_content(item: JSON, param: str) -> None:
+    content = item.get("content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        if content is None:
+            raise GatewayError(400, f"Missing required parameter: '{param}.content'.", param=f"{param}.content")
+        raise invalid_type(f"{param}.content", "a string or an array of content parts", content)
+    for i, part in enumerate(content):
+        _check_part(part, f"{param}.content[{i}]")
+
+
+def _check_item(item: Any, param: str) -> None:
+    """`input_to_messages`' type checks of one item, converting nothing; raises its 400."""
+    item = _object(item, param)
+    kind = _string(item, "type", param, default="message")
+    if kind == "message":
+        if item.get("role") not in _ROLES:
+            raise _refuse(f"{param}.role", f"Unknown message role `{item.get('role')}`.")
+        _check_content(item, param)
+    elif kind == "function_call":
+        _string(item, "call_id", param)
+        _string(item, "name", param)
+        _string(item, "arguments", param, "")
+    elif kind == "function_call_output":
+        _string(item, "call_id", param)
+        output = item.get("output")
+        if isinstance(output, list):
+            for j, part in enumerate(output):
+                _string(_object(part, f"{param}.output[{j}]"), "text", f"{param}.output[{j}]", default="")
+
+
+_TEXTS = ("input_text", "output_text", "text")
+_FILE_KEYS = ("file_id", "file_data", "filename")
+
+
+def _fine_part(part: Any) -> bool:
+    """Whether `_check_part` would pass `part` (without building the param it would name)."""
+    if not isinstance(part, dict):
+        return False
+    kind = part.get("type")
+    if kind in _TEXTS:
+        return isinstance(part.get("text"), str)
+    if kind == "input_image":
+        url, detail = part.get("image_url"), part.get("detail")
+        return (url is None or isinstance(url, str)) and (detail is None or isinstance(detail, str))
+    if kind == "input_file":
+        return all(isinstance(part.get(k), str | None) for k in _FILE_KEYS)
+    return isinstance(kind, str)
+
+
+def _fine_item(item: Any) -> bool:
+    """Whether `_check_item` would pass `item`: the same tests, inline, for the common item kinds."""
+    if not isinstance(item, dict):
+        return False
+    kind = item.get("type", "message")
+    if kind == "message":
+        content = item.get("content")
+        if item.get("role") not in _ROLES:
+            return False
+        return isinstance(content, str) or (isinstance(content, list) and all(map(_fine_part, content)))
+    if kind == "function_call":
+        return (
+            isinstance(item.get("call_id"), str)
+            and isinstance(item.get("name"), str)
+            and isinstance(item.get("arguments", ""), str)
+        )
+    if kind == "function_call_output":
+        output = item.get("output")
+        return isinstance(item.get("call_id"), str) and (
+            not isinstance(output, list)
+            or all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in output)
+        )
+    return isinstance(kind, str)
+
+
+def check_input(body: JSON) -> None:
+    """The input items of a `/responses` request passed through to a provider that speaks it, held to the
+    bridge's type checks (`input_to_messages`) with the same 400s, so `content: 5` never reaches the
+    upstream nor a codec. Item and part types the bridge cannot carry pass: the provider may take them.
+    An item that passes the inline tests costs no param string; one that fails is checked again by
+    `_check_item`, which names the field in its 400. bench/responses_input.py measures it."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return  # a string, or none (`validate_responses` checked which)
+    for i, item in enumerate(items):
+        if not _fine_item(item):
+            _check_item(item, f"input[{i}]")
 
 
 def _chat_tool(tool: Any, index: int) -> JSON:

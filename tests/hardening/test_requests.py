@@ -6,6 +6,8 @@
    it as the client wrote it (`input[0].content[0].text`).
 3. JSON nested deeper than the configured bound is a 400 `json_too_deep`, as is JSON deeper than the parser
    can go at all.
+4. `/responses` passed through to a provider that speaks it natively refuses the same malformed input items
+   with the same 400s as the bridge, and passes the item and part types only a native provider takes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ CHAT = "/external/v1/chat/completions"
 RESPONSES = "/external/v1/responses"
 HELLO = [{"role": "user", "content": "Say hello."}]
 BRIDGED = "meta-llama/llama-3.3-70b"  # served by chat-only providers: /responses goes over the bridge
+NATIVE = "openai/gpt-4.1"  # served over OpenAI's Responses wire: /responses is passed through
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -160,6 +163,67 @@ def test_a_valid_bridged_request_still_goes_through(gw: InProcess) -> None:
     response = gw.post(RESPONSES, json={"model": BRIDGED, "input": message(content)})
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "response"
+
+
+# ---------------------------------------------------------------- 4. the native /responses passthrough
+
+INPUT_MISTAKES = [b for b in BRIDGE if b[2].startswith("input")] + [
+    ("role-unknown", {"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+    ("type-number", {"input": [{"type": 5, "role": "user", "content": "x"}]}, "input[0].type"),
+    (
+        "detail-number",
+        {"input": message([{"type": "input_image", "image_url": "u", "detail": 1}])},
+        "input[0].content[0].detail",
+    ),
+    ("file-data-number", {"input": message([{"type": "input_file", "file_data": 1}])}, "input[0].content[0].file_data"),
+    (
+        "arguments-number",
+        {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]},
+        "input[0].arguments",
+    ),
+    (
+        "output-part-not-object",
+        {"input": [{"type": "function_call_output", "call_id": "c", "output": [1]}]},
+        "input[0].output[0]",
+    ),
+    (
+        "second-item",
+        {"input": [*message("fine"), {"role": "user", "content": [{"type": "input_text", "text": None}]}]},
+        "input[1].content[0].text",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), [m[1:] for m in INPUT_MISTAKES], ids=[m[0] for m in INPUT_MISTAKES])
+def test_the_native_passthrough_refuses_what_the_bridge_refuses(
+    gw: InProcess, fields: dict[str, Any], param: str
+) -> None:
+    """`content: 5` never reaches a provider that speaks /responses, and is told the same as over the bridge."""
+    native = gw.post(RESPONSES, json={"model": NATIVE, **fields})
+    bridged = gw.post(RESPONSES, json={"model": BRIDGED, **fields})
+    assert native.status_code == 400, native.text
+    assert native.json()["error"]["param"] == param, native.json()
+    assert native.json() == bridged.json()
+    assert gw.upstreams.hits() == 0, "nothing invalid may reach the provider"
+
+
+NATIVE_ONLY = [
+    ("item-reference", [{"type": "item_reference", "id": "msg_1"}, *message("Say hello.")]),
+    ("reasoning-item", [{"type": "reasoning", "id": "rs_1", "summary": []}, *message("Say hello.")]),
+    ("image-by-file-id", message([{"type": "input_image", "file_id": "file-1"}, {"type": "input_text", "text": "?"}])),
+    ("refusal-part", [{"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}, *message("Why?")]),
+    (
+        "output-as-parts",
+        [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image", "image_url": "u"}]}],
+    ),
+]
+
+
+@pytest.mark.parametrize("items", [n[1] for n in NATIVE_ONLY], ids=[n[0] for n in NATIVE_ONLY])
+def test_the_native_passthrough_takes_what_only_a_native_provider_can(gw: InProcess, items: list[Any]) -> None:
+    response = gw.post(RESPONSES, json={"model": NATIVE, "input": items})
+    assert response.status_code == 200, response.text
+    assert gw.upstreams.hits() == 1
 
 
 # ---------------------------------------------------------------- 3. how deep JSON may nest
