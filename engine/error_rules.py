@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
 
 from engine.rules import Expression, compile_expression
 from engine.spec.loader import ERROR_NAMES
 from engine.spec.models import ErrorMatch, ErrorRule
+from engine.spec.names import ERROR_FIELDS
 from engine.wires.base import UpstreamError, key_name
 
 
@@ -68,13 +69,8 @@ class CompiledErrorRule:
             return False
         if self.when is None:
             return True
-        fields: dict[str, Any] = {
-            "message": error.message,
-            "type": error.type,
-            "code": error.code,
-            "param": error.param,
-            "keys": error.keys,
-        }
+        # attributes, not a dict: in an expression `error.keys` on a dict is the dict's own `keys` method
+        fields = SimpleNamespace(**{name: getattr(error, name) for name in ERROR_FIELDS})
         return self.when.holds(status=status, error=fields, provider=provider)
 
 

@@ -29,7 +29,9 @@ REQUEST_NAMES = frozenset({"request", "model", "operation"})
 ERROR_NAMES = frozenset({"status", "error", "provider"})
 DEFAULT_OPERATIONS = ("chat.completions", "responses")  # a model row's default `operations`
 _PATH = re.compile(FIELD_PATH)
-_ERROR = Node({name: Node() for name in ("message", "type", "code", "param", "keys")}, is_object=True)
+# What an error rule's `when` reads as `error.<name>` (engine/error_rules.py builds it; docs/providers.md lists it).
+ERROR_FIELDS = ("message", "type", "code", "param", "keys")
+_ERROR = Node({name: Node() for name in ERROR_FIELDS}, is_object=True)
 _DECLARE = "a field of the provider's own is declared in the mapping's `extensions`, with a `why`"
 
 
