@@ -1,7 +1,12 @@
-"""Limits and the usage ledger, A/B against a tree from before them, on each storage backend (issue 12).
+"""Limits and the usage ledger, A/B against the request path from before them, on each storage backend (issue 12).
 
-    .venv/bin/python bench/limits.py --backend sqlite   --base /tmp/limits-base -- --rounds 8 --concurrency 16
-    .venv/bin/python bench/limits.py --backend pg-redis --base /tmp/limits-base -- --rounds 8 --concurrency 16
+    .venv/bin/python bench/limits.py --backend sqlite   -- --rounds 8 --concurrency 16
+    .venv/bin/python bench/limits.py --backend pg-redis -- --rounds 8 --concurrency 16
+    .venv/bin/python bench/limits.py --backend pg-redis --order base-first -- ...   # the same, other order
+    .venv/bin/python bench/limits.py --backend sqlite --order same -- ...           # A/A: this tree twice
+
+`--order` exists because run.py's interleaving is not free of position: an A/A run has read several per cent
+more CPU for whichever gateway runs first. A claim is the mean of both orders, with an A/A run beside it.
 
 `bench/run.py` does the measuring (one interleaved run, CPU per request from /proc); this script only starts
 what the backend needs and hands run.py two engine commands:
@@ -11,8 +16,10 @@ what the backend needs and hands run.py two engine commands:
   as one ledger row. With `pg-redis` it runs on a PostgreSQL and a Redis started on loopback for the run
   (tests/backends.py: temporary directories, stopped at the end; pinned off the gateways' CPU, as run.py
   pins the fake), i.e. `ENGINE_DB=postgresql://…` and `ENGINE_REDIS=redis://…`.
-- `gateway-b` is the `--base` checkout (the tree before the change), on run.py's SQLite file, the only
-  database it had. With `pg-redis`, the bench key is copied into that file from PostgreSQL first.
+- `gateway-b` is the request path before limits and the ledger: by default this checkout run through
+  bench/limits_before.py (no admission, the old in-memory daily tally instead of ledger rows), or a `--base`
+  checkout; on run.py's SQLite file, the only database it had. With `pg-redis`, the bench key is copied into
+  that file from PostgreSQL first.
 
 Arguments after `--` go to run.py unchanged. The script is also its own engine wrapper (`engine` sub-command,
 used by the commands it gives run.py).
@@ -73,7 +80,8 @@ def engine(args: argparse.Namespace, rest: list[str]) -> int:
         env["ENGINE_DB"] = args.db
     if args.redis:
         env["ENGINE_REDIS"] = args.redis
-    command = [sys.executable, "-m", "engine.cli", *rest]
+    entry = ["-m", "engine.cli"] if not args.before else [str(REPO / "bench" / "limits_before.py")]
+    command = [sys.executable, *entry, *rest]
     if rest[:2] == ["keys", "create"] and args.limits:
         command += LIMIT_FLAGS
     if rest[:1] == ["serve"] and args.copy_keys_from:
@@ -88,10 +96,9 @@ def engine(args: argparse.Namespace, rest: list[str]) -> int:
 
 def compare(args: argparse.Namespace, rest: list[str]) -> int:
     me = [sys.executable, str(Path(__file__).resolve()), "engine"]
-    base = Path(args.base).resolve()
     with contextlib.ExitStack() as stack:
         new = [*me, "--tree", str(REPO), "--limits"]
-        old = [*me, "--tree", str(base)]
+        old = [*me, "--tree", str(Path(args.base).resolve())] if args.base else [*me, "--tree", str(REPO), "--before"]
         if args.backend == "pg-redis":
             from tests.backends import run_postgres, run_redis
 
@@ -106,13 +113,19 @@ def compare(args: argparse.Namespace, rest: list[str]) -> int:
             new += ["--db", postgres.url(), "--redis", redis.url()]
             old += ["--copy-keys-from", postgres.url()]
             print(f"PostgreSQL on {postgres.url()}, Redis on {redis.url()}", flush=True)
+        first, second = {"new-first": (new, old), "base-first": (old, new), "same": (new, new)}[args.order]
+        print(
+            f"gateway = {'limits + ledger' if first is new else 'before'}, gateway-b = "
+            f"{'limits + ledger' if second is new else 'before'}",
+            flush=True,
+        )
         command = [
             sys.executable,
             str(REPO / "bench" / "run.py"),
             "--engine",
-            shlex.join([*new, "--"]),
+            shlex.join([*first, "--"]),
             "--compare-engine",
-            shlex.join([*old, "--"]),
+            shlex.join([*second, "--"]),
             *rest,
         ]
         code = subprocess.run(command, cwd=REPO).returncode
@@ -156,11 +169,18 @@ def main() -> int:
         wrapper.add_argument("--db")
         wrapper.add_argument("--redis")
         wrapper.add_argument("--limits", action="store_true")
+        wrapper.add_argument("--before", action="store_true", help="run through bench/limits_before.py")
         wrapper.add_argument("--copy-keys-from")
         return engine(wrapper.parse_args(argv[1:]), rest)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=("sqlite", "pg-redis"), required=True)
-    parser.add_argument("--base", required=True, metavar="DIR", help="checkout of the tree before the change")
+    parser.add_argument("--base", metavar="DIR", help="a checkout to compare with (default: bench/limits_before.py)")
+    parser.add_argument(
+        "--order",
+        choices=("new-first", "base-first", "same"),
+        default="new-first",
+        help="which runs as `gateway` (first in each round); `same`: this tree twice, an A/A run",
+    )
     return compare(parser.parse_args(argv), rest)
 
 
