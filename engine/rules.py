@@ -127,6 +127,34 @@ def reads(source: str, template: bool = False) -> list[Read]:
     return found
 
 
+def compared(source: str, name: str) -> list[str]:
+    """The string constants an expression compares `name` with (`operation == 'responses'`, `operation in
+    ('a', 'b')`), for `engine check` to hold to the values the name can have; a substring test
+    (`'chat' in operation`) is no such comparison. `source` must compile."""
+    found: list[str] = []
+
+    def named(side: nodes.Expr) -> bool:
+        return isinstance(side, nodes.Name) and side.name == name
+
+    def strings(side: nodes.Expr) -> list[str]:
+        values = side.items if isinstance(side, nodes.Tuple | nodes.List) else [side]
+        return [v.value for v in values if isinstance(v, nodes.Const) and isinstance(v.value, str)]
+
+    tree = _parse(source)
+    for compare in [tree, *tree.find_all(nodes.Compare)]:
+        if not isinstance(compare, nodes.Compare):
+            continue  # the root, when it is no comparison (`find_all` lists only what is below it)
+        left = compare.expr
+        for operand in compare.ops:
+            right = operand.expr
+            if operand.op in ("eq", "ne"):
+                found += strings(right) if named(left) else strings(left) if named(right) else []
+            elif operand.op in ("in", "notin") and named(left) and isinstance(right, nodes.Tuple | nodes.List):
+                found += strings(right)
+            left = right
+    return found
+
+
 def _collect(node: nodes.Node, found: list[Read]) -> None:
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
         _collect(node.node.node, found)  # the method's receiver; its own name is not a field

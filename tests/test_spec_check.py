@@ -164,6 +164,14 @@ def mapping(block: str) -> str:
             'extensions = ["random_seed"]\nrename = { seed = "random_seed" }',
             "mappings[0]: 'why' is a dependency of 'extensions'",
         ),
+        (
+            'stage = "wire"\nwhy = "x"\nextensions = ["random_seed"]\ndrop = ["random_seed"]',
+            "mappings[0].extensions: a wire-stage block works on the provider's own body",
+        ),
+        (
+            "when = \"operation in ('chat.completions', 'responsez')\"\ndrop = [\"temperature\"]",
+            "mappings[0].when: compares operation with 'responsez', which is no operation (did you mean 'responses'?)",
+        ),
     ],
     ids=[
         "model-typo",
@@ -177,6 +185,8 @@ def mapping(block: str) -> str:
         "extension-that-is-a-field",
         "extension-the-block-does-not-name",
         "extension-without-why",
+        "extension-on-a-wire-block",
+        "no-such-operation",
     ],
 )
 def test_every_name_and_path_is_a_field(tmp_path: Path, block: str, expected: str) -> None:
@@ -213,6 +223,11 @@ def test_a_request_field_of_another_operation_is_a_field_only_where_the_rows_ser
 def test_wire_stage_paths_are_the_providers_own_body(tmp_path: Path) -> None:
     """After the codec the body is the provider's: its paths have no schema here and are not held to one."""
     load_specs(specs_with(tmp_path, "acme.toml", mapping('stage = "wire"\ndrop = ["generationConfig.topK"]')))
+
+
+def test_a_substring_test_on_operation_is_not_a_comparison_with_an_operation(tmp_path: Path) -> None:
+    block = "when = \"'chat' in operation or operation != 'embeddings'\"\ndrop = [\"temperature\"]"
+    load_specs(specs_with(tmp_path, "acme.toml", mapping(block)))
 
 
 def test_a_url_template_reads_model_row_fields(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ its profiles') other blocks and rules may then name it.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.rules import ExpressionError, compile_expression, reads
+from engine.rules import ExpressionError, compared, compile_expression, reads
 from engine.spec.fields import EACH, Node, Step, model_tree, parse_steps, request_tree, show, suggestion, unknown_step
 from engine.spec.models import FIELD_PATH, operation_row
 
@@ -127,9 +128,14 @@ def problems(path: Path, data: dict[str, Any], scope: Scope) -> list[str]:
             if isinstance(source, str) and source:
                 key = _key("mappings", i, "compute", field)
                 found += _expression(f"{path}: {key}", source, REQUEST_NAMES, trees, scope)
-        found += _extension_problems(path, i, mapping, scope) if not wire else []
         if wire:
+            if mapping.get("extensions"):
+                found.append(
+                    f"{path}: mappings[{i}].extensions: a wire-stage block works on the provider's own body, whose"
+                    " paths are not checked: it needs no extensions"
+                )
             continue
+        found += _extension_problems(path, i, mapping, scope)
         for key, field_path in _mapping_paths(i, mapping):
             found += _path_problem(f"{path}: {key}", field_path, scope)
     for i, rule in _dicts(data.get("wire_rules")):
@@ -232,6 +238,21 @@ def _expression(where: str, source: str, allowed: frozenset[str], trees: dict[st
             problem = f"reads {read}, which an upstream error does not have{hint}; it has {', '.join(known)}"
         if f"{where}: {problem}" not in found:
             found.append(f"{where}: {problem}")
+    if "operation" in allowed:
+        found += _operation_problems(where, source)
+    return found
+
+
+def _operation_problems(where: str, source: str) -> list[str]:
+    """`operation == 'responsez'` never holds: the names compared with `operation` must be operations."""
+    from engine.operations import OPERATIONS
+
+    found = []
+    for value in dict.fromkeys(compared(source, "operation")):
+        if value not in OPERATIONS:
+            close = difflib.get_close_matches(value, list(OPERATIONS), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; operations: {', '.join(OPERATIONS)}"
+            found.append(f"{where}: compares operation with {value!r}, which is no operation{hint}")
     return found
 
 
