@@ -4,10 +4,11 @@
 
 `slowloris`: the shipped specs (only `header_timeout_seconds` replaced, so a run is short), one worker; N
 connections each send a request head a byte every `--every` seconds, never finishing it. Printed: how long
-opening them took, how long each took to be answered (min / median / max, from its own connect) and with
-what (408, 503 past `max_connections`, or closed), when the last was answered, the gateway's RSS and open
-files idle and with them all open, and a normal request's latency while they are open (median / max of
-`--samples`). Everything runs on loopback and stops by itself (`--time-limit`).
+opening them took; how long each took to be answered (min / median / max, from its own connect) and with
+what (408; a 408 early, ended to make room at `max_connections`; 503; or closed); when the last was
+answered; the gateway's RSS and open files idle and with them all open; a normal request's latency and
+status while they are open (median / max of `--samples`). Everything runs on loopback and stops by itself
+(`--time-limit`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ async def _slow_connection(port: int, every: float, limit: float) -> tuple[float
     try:
         answer = await asyncio.wait_for(reader.read(), limit)
         outcome = answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/1.1 ") else "closed"
+        if b"needed room" in answer:
+            outcome += " (ended early for a new connection, at max_connections)"
     except TimeoutError:
         outcome = "still open"
     except OSError as exc:
@@ -80,9 +83,12 @@ async def _slowloris(gateway: Gateway, args: argparse.Namespace) -> None:
     start = time.monotonic()
     slow = [asyncio.create_task(_slow_connection(port, args.every, limit)) for _ in range(args.connections)]
     await asyncio.sleep(0)  # let every task start connecting
-    while gateway.fds() < idle_fds + args.connections and time.monotonic() - start < args.header_timeout / 2:
-        await asyncio.sleep(0.01)
-    opened = time.monotonic() - start
+    held, opened = idle_fds, 0.0  # until the gateway holds them all, or (at its cap) holds no more
+    while held < idle_fds + args.connections and time.monotonic() - start < args.header_timeout / 2:
+        await asyncio.sleep(0.1)
+        if gateway.fds() == held:
+            break
+        held, opened = gateway.fds(), time.monotonic() - start
     normal = await _normal_requests(gateway, args.samples, args.header_timeout / 4 / args.samples)
     open_rss, open_fds = gateway.rss_mb(), gateway.fds()
     ended = await asyncio.gather(*slow)

@@ -7,7 +7,8 @@ and count and waits forever for a head or a body. `GatewayProtocol` adds, per co
 - a timer while a request's head is incomplete (from the connection's start, or a later request's first
   byte) and one while its body is: past `header_timeout_seconds` / `body_timeout_seconds`, a 408;
 - a 400 in OpenAI's shape for bytes that are not HTTP/1.1 (uvicorn's is plain text);
-- a 503 for a connection past `max_connections` of this worker.
+- at `max_connections` of this worker, room for a new connection is made by ending the one that has waited
+  longest for an unfinished head (408); with none, the new connection is a 503.
 
 A request whose head and body arrive in one read costs a few additions and no timer; timers run only while
 a request is incomplete. Each of these answers closes the connection, after a short linger in which what
@@ -87,6 +88,15 @@ def too_slow(part: str, seconds: float) -> GatewayError:
     )
 
 
+def evicted_for_room(bound: ServerLimits) -> GatewayError:
+    return GatewayError(
+        408,
+        f"The request's headers were still incomplete when the gateway, at its bound of {bound.max_connections}"
+        " connections, needed room for another. Send the whole request promptly, or retry.",
+        code="request_timeout",
+    )
+
+
 def not_http(reason: str) -> GatewayError:
     return GatewayError(400, f"The request is not valid HTTP/1.1 ({reason[:200]}).", code="invalid_http_request")
 
@@ -129,7 +139,7 @@ class GatewayProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         cap = self.bound.max_connections
-        if cap is not None and len(self.connections) > cap:
+        if cap is not None and len(self.connections) > cap and self._open() > cap and not self._evict_slowest():
             self._answer(too_many_connections(cap))
             return
         self._head_timer = self.loop.call_later(self.bound.header_timeout_seconds, self._head_timeout)
@@ -232,6 +242,24 @@ class GatewayProtocol(HttpToolsProtocol):
         self._answer(too_slow("body", self.bound.body_timeout_seconds), head_only=self.scope["method"] == "HEAD")
         cycle.disconnected = True  # the app's receive() gets http.disconnect, its answer goes nowhere
         cycle.message_event.set()
+
+    def _open(self) -> int:
+        """This worker's connections not already ending (an answered error's linger, an eviction)."""
+        return sum(1 for c in self.connections if not (isinstance(c, GatewayProtocol) and c._state == _CLOSING))
+
+    def _evict_slowest(self) -> bool:
+        """At the cap, make room by ending the connection that has waited longest for a head it has not
+        finished (a slowloris holds its connections so), with its 408 now; False when none is waiting."""
+        waiting = [c for c in self.connections if isinstance(c, GatewayProtocol) and c._head_timer is not None]
+        if not waiting:
+            return False
+        slowest = min(waiting, key=lambda c: c._head_timer.when() if c._head_timer is not None else 0.0)
+        slowest._state = _CLOSING
+        slowest._cancel_timers()
+        evicted = error_response(evicted_for_room(self.bound), self.server_state.default_headers, False)
+        slowest.transport.write(evicted)
+        slowest.transport.close()  # at once, not after a linger: the connection count must come down
+        return True
 
     def _answer(self, error: GatewayError, head_only: bool = False) -> None:
         """Write `error` as the connection's last answer, then linger: read and drop, close."""

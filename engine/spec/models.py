@@ -409,8 +409,9 @@ class ServerLimits(Strict):
     max_connections: int | None = Field(
         default=None,
         ge=1,
-        description="Most open connections per worker process; one more is answered 503 `too_many_connections`"
-        " (with retry-after) and closed. Unset: no cap but the process's file limit.",
+        description="Most open connections per worker process. At the cap a new connection ends the one that has"
+        " waited longest for an unfinished head (a 408), or, none waiting, is answered 503"
+        " `too_many_connections` (with retry-after). Unset: no cap but the process's file limit.",
     )
 
 

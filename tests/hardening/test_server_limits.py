@@ -289,17 +289,49 @@ def test_a_body_in_time_is_not_cut_off(gateway: Gateway, bound: ServerLimits) ->
     assert answer.error()["code"] != "request_timeout"
 
 
-# ---------------------------------------------------------------- 503: one connection too many
+# ---------------------------------------------------------------- at the connection cap
 
 
-def test_one_connection_past_the_cap_is_a_503_with_retry_after(gateway: Gateway, bound: ServerLimits) -> None:
+def _hold(gateway: Gateway, n: int, send: bytes, answered: bool) -> list[socket.socket]:
+    """`n` connections that each sent `send`; with `answered`, each has read its answer (kept alive)."""
+    held = [socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=15) for _ in range(n)]
+    for sock in held:
+        sock.sendall(send)
+    for sock in held if answered else ():
+        raw = b""
+        while not raw.endswith(b"}}"):
+            raw += sock.recv(65536)
+    return held
+
+
+def test_at_the_cap_the_longest_unfinished_head_makes_room(gateway: Gateway, bound: ServerLimits) -> None:
+    """A slowloris filling `max_connections` does not lock clients out: a new connection ends the one that
+    has waited longest for its head (with a 408 saying why), and is served."""
     assert bound.max_connections is not None
-    port = port_of(gateway)
-    held = []
+    partial = b"GET /nope HTTP/1.1\r\nhost: "
+    held = _hold(gateway, 1, partial, answered=False)
+    time.sleep(0.2)  # the first is the one that has waited longest (the others open within one loop tick)
+    held += _hold(gateway, bound.max_connections - 1, partial, answered=False)
     try:
-        for _ in range(bound.max_connections):
-            held.append(socket.create_connection(("127.0.0.1", port), timeout=15))
-        # each held one is accepted before the next (one accept queue): so this one is past the cap
+        answer = exchange(gateway, get("/nope"))
+        oldest = held[0].recv(65536)
+    finally:
+        for sock in held:
+            sock.close()
+    assert answer.status == 404
+    evicted = parse(oldest, 0)
+    assert evicted.status == 408
+    assert "needed room for another" in evicted.error()["message"]
+
+
+def test_one_connection_past_the_cap_of_busy_ones_is_a_503_with_retry_after(
+    gateway: Gateway, bound: ServerLimits
+) -> None:
+    """When every connection is kept alive between requests (none is waiting for a head), there is no
+    room to make: the new one gets a 503 and is told when to retry."""
+    assert bound.max_connections is not None
+    held = _hold(gateway, bound.max_connections, b"GET /nope HTTP/1.1\r\nhost: gateway\r\n\r\n", answered=True)
+    try:
         answer = exchange(gateway, get("/nope"))
     finally:
         for sock in held:
@@ -309,6 +341,5 @@ def test_one_connection_past_the_cap_is_a_503_with_retry_after(gateway: Gateway,
     error = answer.error()
     assert error["code"] == "too_many_connections"
     assert error["type"] == "api_error"
-    # the held connections are let go: the next one is served
-    time.sleep(0.5)
+    time.sleep(0.5)  # the held connections are let go: the next one is served
     assert exchange(gateway, get("/nope")).status == 404
