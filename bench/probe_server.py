@@ -1,6 +1,7 @@
 """Probe the HTTP server's own bounds (routes.toml `[server]`, `engine/server.py`) through `engine serve`.
 
     .venv/bin/python bench/probe_server.py slowloris [--connections 200] [--header-timeout 2] [--every 0.5]
+    .venv/bin/python bench/probe_server.py hotpath [--rounds 10] [--requests 20000]
 
 `slowloris`: the shipped specs (only `header_timeout_seconds` replaced, so a run is short), one worker; N
 connections each send a request head a byte every `--every` seconds, never finishing it. Printed: how long
@@ -9,6 +10,11 @@ what (408; a 408 early, ended to make room at `max_connections`; 503; or closed)
 answered; the gateway's RSS and open files idle and with them all open; a normal request's latency and
 status while they are open (median / max of `--samples`). Everything runs on loopback and stops by itself
 (`--time-limit`).
+
+`hotpath`: what the bounds cost a request that is not near them, in process, on uvloop: uvicorn's httptools
+protocol and `GatewayProtocol` each serve the same kept-alive connection (a fake transport) a typical
+request (an SDK's head, ~400 bytes, and a small JSON body, in one read) answered by a minimal ASGI app,
+interleaved rounds; printed: the median µs per request of each and their ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -116,6 +123,95 @@ async def _slowloris(gateway: Gateway, args: argparse.Namespace) -> None:
     )
 
 
+class _Transport(asyncio.Transport):
+    """Enough of a socket transport for uvicorn's protocol: writes are counted, never sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+
+async def _tiny_app(scope: Any, receive: Any, send: Any) -> None:
+    """Read the body, answer `{}`: the least an ASGI app does per request."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+HOTPATH_BODY = b'{"model":"openai/gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
+HOTPATH_REQUEST = (
+    b"POST /external/v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8080\r\naccept: application/json\r\n"
+    b"accept-encoding: gzip, deflate\r\nconnection: keep-alive\r\ncontent-type: application/json\r\n"
+    b"user-agent: OpenAI/Python 1.99.0\r\nx-stainless-lang: python\r\nx-stainless-package-version: 1.99.0\r\n"
+    b"x-stainless-os: Linux\r\nx-stainless-arch: x64\r\nx-stainless-runtime: CPython\r\n"
+    b"x-stainless-runtime-version: 3.11.7\r\nauthorization: Bearer compose-0123456789abcdef\r\n"
+    b"x-stainless-retry-count: 0\r\ncontent-length: %d\r\n\r\n%s" % (len(HOTPATH_BODY), HOTPATH_BODY)
+)
+
+
+async def _serve(protocol_class: type[Any], requests: int) -> float:
+    """µs per request: `requests` requests through one protocol instance, each answered before the next."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    config = Config(app=_tiny_app, lifespan="off", log_level="warning")
+    protocol = protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    start = time.perf_counter()
+    for _ in range(requests):
+        protocol.data_received(HOTPATH_REQUEST)
+        await asyncio.sleep(0)  # the app's task: receive, send, done
+        await asyncio.sleep(0)
+    seconds = time.perf_counter() - start
+    assert protocol.server_state.total_requests == requests, "a request was not answered"
+    protocol.connection_lost(None)
+    return seconds / requests * 1e6
+
+
+def _hotpath(args: argparse.Namespace) -> None:
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from engine.server import GatewayProtocol
+
+    targets: dict[str, type[Any]] = {"uvicorn httptools": HttpToolsProtocol, "GatewayProtocol": GatewayProtocol}
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    loop = uvloop.new_event_loop()
+    try:
+        for cls in targets.values():  # warm-up
+            loop.run_until_complete(_serve(cls, args.requests // 10))
+        for round_ in range(args.rounds):
+            order = list(targets.items())
+            for name, cls in order if round_ % 2 == 0 else reversed(order):
+                samples[name].append(loop.run_until_complete(_serve(cls, args.requests)))
+    finally:
+        loop.close()
+    base, ours = (statistics.median(samples[name]) for name in targets)
+    print(f"hotpath: {args.rounds} interleaved rounds x {args.requests} kept-alive requests ({len(HOTPATH_REQUEST)} B)")
+    for name in targets:
+        print(f"  {name:<18} median {statistics.median(samples[name]):.2f} µs/request")
+    print(f"  GatewayProtocol / uvicorn httptools: {ours / base:.3f}x ({ours - base:+.2f} µs/request)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -125,7 +221,13 @@ def main() -> int:
     slowloris.add_argument("--every", type=float, default=0.5, help="seconds between a connection's bytes")
     slowloris.add_argument("--samples", type=int, default=20, help="normal requests while they are open")
     slowloris.add_argument("--time-limit", type=float, default=120.0, help="seconds before the run gives up")
+    hotpath = sub.add_parser("hotpath", help="per-request cost of the bounds, in process, A/B with uvicorn's")
+    hotpath.add_argument("--rounds", type=int, default=10)
+    hotpath.add_argument("--requests", type=int, default=20000, help="per protocol per round")
     args = parser.parse_args()
+    if args.mode == "hotpath":
+        _hotpath(args)
+        return 0
 
     overrides = {SHIPPED_TIMEOUT: f"header_timeout_seconds = {args.header_timeout}"}
     with (

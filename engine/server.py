@@ -124,12 +124,10 @@ class GatewayProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.bound = limits()
         self._max_head = self.bound.max_header_kb * 1024
+        self._max_headers = self.bound.max_headers
         self._state = _IDLE
-        # The current head's size: the bytes read while it is incomplete (a partial field is held by the parser
-        # unseen), and its fields as they complete (a head that came in one read is counted so).
+        # Bytes read since the current request began (with, in its last read, maybe some of its body).
         self._head_bytes = 0
-        self._field_bytes = 0
-        self._fields = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -179,40 +177,32 @@ class GatewayProtocol(HttpToolsProtocol):
                 self._answer(not_http(str(exc) if str(exc) and not callback else "unreadable request line or headers"))
             return
         state = self._state
-        if state == _HEAD:
-            if self._head_bytes > self._max_head:
-                self._answer(headers_too_large(self.bound, fields=False))
+        if state == _HEAD:  # a head begun, not finished: check what has come of it
+            if len(self.headers) > self._max_headers or self._head_bytes > self._max_head:
+                self._answer(headers_too_large(self.bound, fields=len(self.headers) > self._max_headers))
             elif self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
                 self._head_timer = self.loop.call_later(self.bound.header_timeout_seconds, self._head_timeout)
         elif state == _BODY and self._body_timer is None:
             self._body_timer = self.loop.call_later(self.bound.body_timeout_seconds, self._body_timeout)
 
-    # parser callbacks: count the head, track where the request is
+    # parser callbacks: where the request is (the head's fields are not counted one by one: that would cost
+    # every request a call per header; their list's length and the bytes read say enough)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)  # (not super(): these run per request, each call counts)
         if self._state != _CLOSING:
             self._state = _HEAD
-        self._fields = 0
-        self._field_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._field_bytes += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        self._field_bytes += len(name) + len(value) + 4  # as sent: `name: value\r\n`
-        if self._fields > self.bound.max_headers or self._field_bytes > self._max_head:
-            raise _HeadTooLarge(fields=self._fields > self.bound.max_headers)
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if len(self.headers) > self._max_headers:
+            raise _HeadTooLarge(fields=True)
+        if self._head_bytes > self._max_head and self._head_size() > self._max_head:
+            raise _HeadTooLarge(fields=False)  # (the bytes read may include a body: only then are fields summed)
         self._state = _BODY
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
@@ -221,7 +211,11 @@ class GatewayProtocol(HttpToolsProtocol):
         if self._state != _CLOSING:
             self._state = _IDLE
         self._head_bytes = 0
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
+
+    def _head_size(self) -> int:
+        """The head's size as sent, from its parts: request line and `name: value\\r\\n` fields."""
+        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     # the bounds' answers
 
