@@ -10,10 +10,10 @@ and count and waits forever for a head or a body. `GatewayProtocol` adds, per co
 - at `max_connections` of this worker, room for a new connection is made by ending the one that has waited
   longest for an unfinished head (408); with none, the new connection is a 503.
 
-A request whose head and body arrive in one read costs a few additions and no timer; timers run only while
-a request is incomplete. Each of these answers closes the connection, after a short linger in which what
-the client still sends is read and dropped: closing a socket with unread bytes resets it, and the client
-would lose the answer. A HEAD request gets the same status and headers with no body.
+A request whose head and body arrive in one read costs ~1 us and no timer (`bench/probe_server.py
+hotpath`); timers run only while a request is incomplete. Each of these answers closes the connection, after
+a short linger in which what the client still sends is read and dropped: closing a socket with unread bytes
+resets it, and the client would lose the answer. A HEAD request gets the same status and headers, no body.
 """
 
 from __future__ import annotations
