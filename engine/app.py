@@ -47,11 +47,12 @@ def _handler(gw: Gateway, spec: Route) -> HTTPRouteHandler | ASGIRouteHandler:
     limit = spec.max_body_mb or gw.specs.routes.gateway.max_body_mb
 
     deadline_header = gw.specs.routes.gateway.deadline_header
+    idle = gw.specs.routes.gateway.answer_idle_seconds
 
     async def handle(request: Request[Any, Any, Any]) -> Response[Any]:
         timer = Timer(time.perf_counter())
         key = await gw.authenticate(request.headers.get("authorization")) if needs_key else None
-        caller = Caller(request.receive, _deadline(request, deadline_header))
+        caller = Caller(request.receive, _deadline(request, deadline_header), idle)
         token = CALLER.set(caller)
         task = caller.task
         try:
@@ -84,6 +85,7 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
     limit = (spec.max_body_mb or gw.specs.routes.gateway.max_body_mb) * 1024 * 1024
     max_depth = gw.specs.routes.gateway.max_json_depth
     deadline_header = gw.specs.routes.gateway.deadline_header
+    idle = gw.specs.routes.gateway.answer_idle_seconds
     deadline_name = deadline_header.lower().encode() if deadline_header else b""
     wanted = {b"authorization", b"content-length", b"content-type", deadline_name}
     allow = [(b"allow", f"OPTIONS, {spec.method}".encode())]
@@ -104,7 +106,7 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
         authorization = headers.get(b"authorization")
         key = await gw.authenticate(authorization.decode("latin-1") if authorization is not None else None)
         deadline = headers.get(deadline_name) if deadline_header else None
-        caller = Caller(receive, _deadline_of(deadline_header, deadline.decode("latin-1") if deadline else None))
+        caller = Caller(receive, _deadline_of(deadline_header, deadline.decode("latin-1") if deadline else None), idle)
         token = CALLER.set(caller)
         task = caller.task
         try:

@@ -19,7 +19,9 @@ a task group of its own, with a second task listening for the client's disconnec
 relaying a short answer. `StreamAnswer` sends the body from the request's own task, and listens for the
 client's disconnect as the handler did (`engine.timeouts.Caller`): only once the upstream call has been in
 flight `SLOW` seconds, so a short stream never pays for a listener task, and a client that leaves a long one
-still cancels it, with the upstream call, within a second.
+still cancels it, with the upstream call, within a second. A client that stays connected but takes none of a
+stream for `answer_idle_seconds` is dropped the same way, by its attempt's watch (`Caller.drop`): it would
+otherwise hold the upstream call open as long as it liked. Per frame that costs a clock read and two writes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -143,13 +146,23 @@ class StreamAnswer(Response[bytes]):
         task = caller.resume() if caller is not None else None
         try:
             await send(start)
-            async for frame in frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if caller is None:
+                async for frame in frames:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+            else:
+                clock = asyncio.get_running_loop().time
+                async for frame in frames:
+                    caller.sending_since = clock()  # a send that waits `caller.idle` for the client drops it
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                    caller.sending_since = math.inf
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if caller is None or not caller.gone or task is None or task.uncancel() != 0:
                 raise
-            # The client hung up and its listener cancelled this task: nobody is left to answer.
+            # The client hung up and its listener cancelled this task, or took nothing for `idle` seconds and
+            # the attempt's watch did: nobody is left to answer.
+            if caller.dropped:
+                log.info("client read none of a stream for %g s; connection dropped", caller.idle)
         finally:
             if caller is not None:
                 caller.stop()

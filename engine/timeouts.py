@@ -116,13 +116,18 @@ class Caller:
     Set per request by the route handler (`CALLER`); the attempt machinery reads it from there, so no
     operation's signature has to carry it."""
 
-    __slots__ = ("_asked", "_listener", "deadline", "gone", "receive", "task")
+    __slots__ = ("_asked", "_listener", "deadline", "dropped", "gone", "idle", "receive", "sending_since", "task")
 
-    def __init__(self, receive: Receive | None, deadline: float | None = None) -> None:
+    def __init__(self, receive: Receive | None, deadline: float | None = None, idle: float = math.inf) -> None:
         self.receive = receive
         self.deadline = deadline
         self.task: asyncio.Task[Any] | None = asyncio.current_task()
         self.gone = False
+        # A relayed stream's send to the client: when the one under way began (loop time; inf while none is),
+        # and how long one may take (routes.toml `answer_idle_seconds`) before the client counts as gone.
+        self.idle = idle
+        self.sending_since = math.inf
+        self.dropped = False
         self._asked = False  # listening was asked for (a slow request): a resumed stream listens at once
         self._listener: asyncio.Task[None] | None = None
 
@@ -140,6 +145,13 @@ class Caller:
                 if not task.done():
                     task.cancel()
                 return
+
+    def drop(self) -> None:
+        """The client has taken nothing of a relayed stream for `idle` seconds: end the request as though it
+        had hung up (its task cancelled, the upstream closed with it); the server then closes the connection."""
+        self.gone = self.dropped = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
     def stop(self) -> None:
         """The handler (or the stream it returned) is done: listen no more, until `resume`."""
@@ -303,7 +315,12 @@ class Watch:
         return min(due, self._total_by)
 
     def check(self, now: float) -> bool:
-        """One tick: start listening for a slow request's caller; expire a phase. True once fired."""
+        """One tick: drop a caller that takes none of the relayed stream; start listening for a slow request's
+        caller; expire a phase. True once fired."""
+        caller = self._caller
+        if caller is not None and now - caller.sending_since >= caller.idle:
+            caller.drop()
+            return True
         if now >= self._slow_at:
             self._slow_at = math.inf
             assert self._caller is not None

@@ -174,9 +174,9 @@ class Gateway(Strict):
     answer_idle_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="How long a JSON answer waits for a client that reads none of it: a large answer is sent in"
-        " parts, each when the client has taken the last; one that waits longer ends the connection, and the"
-        " answer's memory is freed.",
+        description="How long an answer waits for a client that reads none of it: a large JSON answer is sent"
+        " in parts, each when the client has taken the last, and a stream event by event; one that waits longer"
+        " ends the connection (a stream's upstream call with it), and the answer's memory is freed.",
     )
 
 

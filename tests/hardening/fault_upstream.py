@@ -199,6 +199,15 @@ async def answer(
             faults.cancelled[fault] = time.time()
             raise
 
+    async def flood_stream() -> None:  # 400 MB as fast as it is read, for clients that stop reading
+        chunk = stream_chunks({**body, "stream_options": {}})[1]
+        chunk["choices"][0]["delta"]["content"] = "x" * 4000
+        try:
+            await _send_sse(writer, [json.dumps(chunk)] * 100_000)
+        except (ConnectionError, asyncio.CancelledError):
+            faults.cancelled[fault] = time.time()
+            raise
+
     async def slow_json() -> None:  # answers after 30 s, unless the gateway hangs up first (JSON)
         try:
             if await asyncio.wait_for(reader.read(1), 30) == b"":

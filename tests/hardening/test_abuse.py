@@ -147,3 +147,36 @@ def expected(received: bytearray) -> int:
     head = bytes(received).split(b"\r\n\r\n", 1)[0]
     length = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
     return len(head) + 4 + int(length[15:])
+
+
+def test_a_stream_client_that_reads_nothing_is_dropped_and_the_upstream_call_ended(
+    gateway: Gateway, fault_url: str
+) -> None:
+    """It stays connected and takes nothing: after `answer_idle_seconds` of a send waiting for it, the gateway
+    ends the connection and the upstream stream with it, instead of holding both as long as the client likes."""
+    port = int(gateway.root.rsplit(":", 1)[1])
+    body = json.dumps({"model": "faulty/flood_stream", "messages": HELLO, "stream": True}).encode()
+    head = (
+        f"POST /external/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {gateway.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.connect(("127.0.0.1", port))
+        client.sendall(head.encode() + body)
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        stopped = time.time()  # from here on it reads nothing, and stays
+        control = fault_url.rsplit("/v1", 1)[0]  # the fault upstream's own root
+        before = httpx.get(f"{control}/_faults").json()["cancelled"].get("flood_stream")
+        cancelled = None
+        deadline = time.monotonic() + IDLE + 15
+        while cancelled is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen = httpx.get(f"{control}/_faults").json()["cancelled"].get("flood_stream")
+            cancelled = seen if seen != before else None
+        assert cancelled is not None, "the upstream stream outlived a client that read none of it"
+        assert cancelled > stopped + IDLE * 0.5, "dropped before the client had been idle for the bound"
+        client.settimeout(10)
+        while client.recv(1 << 20):  # what the kernel holds, then the end the gateway closed
+            pass
+    assert "client read none of a stream" in gateway.log.read_text()
