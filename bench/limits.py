@@ -72,10 +72,37 @@ def copy_keys(postgres_url: str, sqlite_url: str) -> None:
         db.executemany("INSERT OR IGNORE INTO keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)", rows)
 
 
+def copy_keys_to_postgres(sqlite_url: str, postgres_url: str) -> None:
+    """The other way (`--order base-first`): the bench key, created by the base in run.py's SQLite file, into
+    PostgreSQL (schema made by this tree)."""
+    import asyncpg
+
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    if not path.exists():
+        return  # this tree runs first: the key is made here
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            rows = db.execute("SELECT id, name, digest, created_at FROM keys WHERE revoked_at IS NULL").fetchall()
+        except sqlite3.OperationalError:  # no keys table yet: this tree runs first
+            return
+
+    async def store() -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.executemany(
+                "INSERT INTO keys (id, name, digest, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", rows
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(store())
+
+
 def engine(args: argparse.Namespace, rest: list[str]) -> int:
     """Run one engine command in `--tree`, with the backend's environment (run.py calls this)."""
     tree = Path(args.tree)
     env = dict(os.environ, ENGINE_SPECS=str(tree / "specs"))
+    given = env.get("ENGINE_DB", "")  # run.py's SQLite file, before a backend replaces it
     if args.db:
         env["ENGINE_DB"] = args.db
     if args.redis:
@@ -90,6 +117,18 @@ def engine(args: argparse.Namespace, rest: list[str]) -> int:
             return made.returncode
         sqlite = env["ENGINE_DB"]
         copy_keys(args.copy_keys_from, sqlite if "://" in sqlite else f"sqlite:///{sqlite}")
+    if rest[:1] == ["serve"] and args.limits:
+        # The bench key was made by whichever gateway run.py starts first: copied here if that one keeps its keys
+        # elsewhere (`--order base-first` on PostgreSQL), and given its limits in any case.
+        cli = [sys.executable, "-m", "engine.cli"]
+        if args.db and args.db.startswith("postgresql://"):
+            made = subprocess.run([*cli, "keys", "list"], cwd=tree, env=env, timeout=120, capture_output=True)
+            if made.returncode != 0:
+                return made.returncode
+            copy_keys_to_postgres(given if "://" in given else f"sqlite:///{given}", args.db)
+        updated = subprocess.run([*cli, "keys", "update", "bench", *LIMIT_FLAGS], cwd=tree, env=env, timeout=120)
+        if updated.returncode != 0:
+            return updated.returncode
     os.chdir(tree)
     os.execve(sys.executable, command, env)
 
@@ -111,7 +150,8 @@ def compare(args: argparse.Namespace, rest: list[str]) -> int:
             finally:
                 os.sched_setaffinity(0, cpus)
             new += ["--db", postgres.url(), "--redis", redis.url()]
-            old += ["--copy-keys-from", postgres.url()]
+            if args.order == "new-first":  # the key is made in PostgreSQL first; base-first: see `engine`
+                old += ["--copy-keys-from", postgres.url()]
             print(f"PostgreSQL on {postgres.url()}, Redis on {redis.url()}", flush=True)
         first, second = {"new-first": (new, old), "base-first": (old, new), "same": (new, new)}[args.order]
         print(
