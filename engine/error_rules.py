@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from engine.rules import Expression, compile_expression
-from engine.spec.loader import ERROR_NAMES
 from engine.spec.models import ErrorMatch, ErrorRule
-from engine.spec.names import ERROR_FIELDS
+from engine.spec.names import ERROR_FIELDS, ERROR_NAMES
 from engine.wires.base import UpstreamError, key_name
 
 

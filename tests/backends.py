@@ -107,7 +107,7 @@ class Redis:
 
 @contextlib.contextmanager
 def run_redis() -> Iterator[Redis]:
-    server = shutil.which("redis-server") or shutil.which("valkey-server")
+    server = shutil.which("redis-server")  # what .ci/run installs (Debian's redis-server)
     if server is None:
         raise Unavailable("`redis-server` not found on PATH (apt-get install redis-server)")
     root = Path(tempfile.mkdtemp(prefix="engine-redis-"))

@@ -33,6 +33,8 @@ _CHAT_PASSTHROUGH = (
 
 
 _ROLES = ("user", "assistant", "system", "developer")
+_TEXTS = ("input_text", "output_text", "text")  # the part types that carry `text`
+_FILE_KEYS = ("file_id", "file_data", "filename")
 
 
 def _refuse(param: str, message: str) -> GatewayError:
@@ -65,7 +67,7 @@ def _optional(holder: JSON, key: str, param: str, kind: type, expected: str) -> 
 def _chat_part(part: Any, param: str) -> JSON:
     part = _object(part, param)
     kind = _string(part, "type", param)
-    if kind in ("input_text", "output_text", "text"):
+    if kind in _TEXTS:
         return {"type": "text", "text": _string(part, "text", param)}
     if kind == "input_image":
         url = _optional(part, "image_url", param, str, "a string (a URL or a data URL)")
@@ -78,9 +80,7 @@ def _chat_part(part: Any, param: str) -> JSON:
         detail = _optional(part, "detail", param, str, "a string") or "auto"
         return {"type": "image_url", "image_url": {"url": url, "detail": detail}}
     if kind == "input_file":
-        file = {
-            k: _optional(part, k, param, str, "a string") for k in ("file_id", "file_data", "filename") if k in part
-        }
+        file = {k: _optional(part, k, param, str, "a string") for k in _FILE_KEYS if k in part}
         return {"type": "file", "file": file}
     raise _refuse(param, f"Content parts of type `{kind}` cannot be sent to this model.")
 
@@ -160,13 +160,13 @@ def _check_part(part: Any, param: str) -> None:
     more kinds of parts than the bridge can carry."""
     part = _object(part, param)
     kind = _string(part, "type", param)
-    if kind in ("input_text", "output_text", "text"):
+    if kind in _TEXTS:
         _string(part, "text", param)
     elif kind == "input_image":
         _optional(part, "image_url", param, str, "a string (a URL or a data URL)")
         _optional(part, "detail", param, str, "a string")
     elif kind == "input_file":
-        for key in ("file_id", "file_data", "filename"):
+        for key in _FILE_KEYS:
             _optional(part, key, param, str, "a string")
 
 
@@ -200,10 +200,6 @@ def _check_item(item: Any, param: str) -> None:
         if isinstance(output, list):
             for j, part in enumerate(output):
                 _string(_object(part, f"{param}.output[{j}]"), "text", f"{param}.output[{j}]", default="")
-
-
-_TEXTS = ("input_text", "output_text", "text")
-_FILE_KEYS = ("file_id", "file_data", "filename")
 
 
 def _fine_part(part: Any) -> bool:
