@@ -293,18 +293,42 @@ def sequential_phase(
     return results
 
 
-def msgspec_roundtrip(body: bytes, samples: list[float], repeat: int = 30) -> None:
-    """Append the median time (s) of one `msgspec` decode + encode of `body`: the cost of merely parsing it.
+PACE_S = 0.001  # the idle gap before each paced yardstick sample: about a c=1 request's turn around the gateway
+
+
+def msgspec_roundtrip(
+    body: bytes, hot: list[float], paced: list[float], cpus: set[int] | None, repeat: int = 30
+) -> None:
+    """Append the median time (s) of one `msgspec` decode + encode of `body`, the cost of merely parsing it,
+    timed two ways: `hot`, back to back in this process; `paced`, on the gateway's core (`cpus`, idle between
+    the targets' turns) with `PACE_S` of idle before each sample.
 
     Issue 13's yardstick for the gateway's own work on a big body: its overhead header must stay within a small
-    multiple of this, i.e. validation, mapping and lowering must not cost more per byte than parsing does."""
+    multiple of this, i.e. validation, mapping and lowering must not cost more per byte than parsing does. The
+    header is measured at concurrency 1, where the gateway's core idles between requests and each one starts
+    cold: the same gateway's header over the opencode body read 0.108 ms back to back and 0.278 ms with 1 ms
+    of idle between requests (in process), and the decode + encode alone 0.048 vs 0.139 ms. So the goal
+    compares the header with the paced figure, timed as the header is; the hot one is printed beside it."""
     decode, encode, clock = msgspec.json.decode, msgspec.json.encode, time.perf_counter
     times = []
     for _ in range(repeat):
         started = clock()
         encode(decode(body))
         times.append(clock() - started)
-    samples.append(statistics.median(times))
+    hot.append(statistics.median(times))
+    home = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        times = []
+        for _ in range(repeat):
+            time.sleep(PACE_S)
+            started = clock()
+            encode(decode(body))
+            times.append(clock() - started)
+    finally:
+        os.sched_setaffinity(0, home)
+    paced.append(statistics.median(times))
 
 
 # -------------------------------------------------------------------------------------- stream relay
@@ -957,7 +981,11 @@ def scaled(requests: int, body_bytes: int) -> int:
 
 
 def standard_phases(
-    args: argparse.Namespace, targets: list[Target], loadgen: LoadGenerator, results: dict[str, Any]
+    args: argparse.Namespace,
+    targets: list[Target],
+    loadgen: LoadGenerator,
+    results: dict[str, Any],
+    gateway_cpus: set[int] | None,
 ) -> None:
     """Phases 1-4 for the targets' current body: latency (with the msgspec comparator), time to first token,
     requests per second, memory (skipped by --only-soak)."""
@@ -967,16 +995,24 @@ def standard_phases(
     # A 600 KB body takes ~100x as long per request as a small one; fewer requests keep each body's run short.
     requests, stream_requests = (scaled(n, len(body)) for n in (args.requests, args.stream_requests))
     print(f"\n[1] latency at concurrency 1, non-streaming: {args.rounds} interleaved rounds x {requests} requests")
-    roundtrips: list[float] = []
+    hot: list[float] = []
+    paced: list[float] = []
     plain = sequential_phase(
-        targets, args.rounds, requests, stream=False, each_round=lambda: msgspec_roundtrip(body, roundtrips)
+        targets,
+        args.rounds,
+        requests,
+        stream=False,
+        each_round=lambda: msgspec_roundtrip(body, hot, paced, gateway_cpus),
     )
     print("  answer sizes: " + ", ".join(f"{n} {r.answer_bytes} B" for n, r in plain.items()))
     results["latency_c1"] = print_sequential(plain, "direct", servers)
-    results["msgspec_roundtrip_ms"] = round(statistics.median(roundtrips) * 1000, 4)
+    results["msgspec_roundtrip_ms"] = round(statistics.median(paced) * 1000, 4)
+    results["msgspec_roundtrip_hot_ms"] = round(statistics.median(hot) * 1000, 4)
+    where = "the gateway's core" if gateway_cpus else "this process"
     print(
-        f"  one msgspec decode + encode of the {len(body):,}-byte body (this process, CPU of the fake):"
-        f" {results['msgspec_roundtrip_ms']:.4f} ms"
+        f"  one msgspec decode + encode of the {len(body):,}-byte body: {results['msgspec_roundtrip_ms']:.4f} ms"
+        f" paced ({where}, {PACE_S * 1000:g} ms idle before each, as the gateway's requests at c=1),"
+        f" {results['msgspec_roundtrip_hot_ms']:.4f} ms back to back"
     )
     for name in servers:
         header = results["latency_c1"][name].get("own_overhead_header_p50_ms")
@@ -1044,7 +1080,7 @@ GOALS: list[tuple[tuple[str, ...], str, str, str, float]] = [
     (("small",), "added p50 at c=1 / floor's", "added_p50", "<=", 1.3),
     (("small",), "RPS at c=16 / floor's", "rps16", ">=", 0.75),
     (("small",), "added time to first token / floor's", "added_ttft", "<=", 1.3),
-    (("opencode", "agent"), "overhead header / msgspec decode+encode", "header_vs_msgspec", "<=", 3.0),
+    (("opencode", "agent"), "overhead header / paced msgspec roundtrip", "header_vs_msgspec", "<=", 3.0),
     (("opencode",), "added p50 at c=1 / floor's", "added_p50", "<=", 1.5),
     (("opencode",), "RPS at c=16 / floor's", "rps16", ">=", 0.6),
     (("opencode",), "CPU per request at c=16 / floor's", "cpu16", "<=", 1.6),
@@ -1183,7 +1219,7 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
             size = len(direct.body_bytes())
             tools = len(doc.get("tools") or [])
             print(f"\n=== body {name}: {size:,} bytes, {len(doc['messages'])} messages, {tools} tools")
-            standard_phases(args, targets, loadgen, results["bodies"].setdefault(name, {"bytes": size}))
+            standard_phases(args, targets, loadgen, results["bodies"].setdefault(name, {"bytes": size}), gateway_cpus)
         if args.relay_requests:
             print(
                 f"\n[5] stream relay: {args.rounds} rounds x {args.relay_requests} streams of {RELAY_CHUNKS} chunks"
