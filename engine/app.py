@@ -14,6 +14,7 @@ so the raw bytes are not kept while the request is in flight. Everything else is
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -110,8 +111,9 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
         token = CALLER.set(caller)
         task = caller.task
         try:
-            body, size = await _json_of(row, receive, headers, limit, max_depth)
-            answer = await operation(gw, body, size // 4, key, timer)
+            answer = await operation(
+                gw, functools.partial(_json_of, row, receive, headers, limit, max_depth), key, timer
+            )
         except asyncio.CancelledError:
             if caller.gone and task is not None and task.uncancel() == 0:
                 log.info("client hung up on %s %s; upstream call cancelled", method, scope["path"])
@@ -122,7 +124,6 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
         finally:
             caller.stop()
             CALLER.reset(token)
-        del body  # the request is answered: only the answer is kept while the client reads it
         if isinstance(answer, JSONAnswer | StreamAnswer):  # what proxied answers are: their own ASGI apps
             await answer(scope, receive, send)
         else:
@@ -135,9 +136,9 @@ def _proxied(gw: Gateway, spec: Route, row: OperationRow) -> ASGIRouteHandler:
 async def _json_of(
     row: OperationRow, receive: Receive, headers: dict[bytes, bytes], limit: int, max_depth: int
 ) -> tuple[dict[str, Any], int]:
-    """The request body parsed, and its size; the bytes themselves are dropped here. Bounded as Litestar bounds
-    a body (its 413 on a declared or a streamed size over `limit`, its 400 on a bad content-length); a content
-    type the row does not take is a 415 before the body is read."""
+    """The request body parsed, and the prompt estimate its size gives; the bytes themselves are dropped here.
+    Bounded as Litestar bounds a body (its 413 on a declared or a streamed size over `limit`, its 400 on a bad
+    content-length); a content type the row does not take is a 415 before the body is read."""
     header = headers.get(b"content-type")
     content_type = header.decode("latin-1") if header is not None else None
     body_kind(row, content_type)
@@ -165,7 +166,7 @@ async def _json_of(
             break
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     del chunks
-    return json_body(raw, max_depth), total
+    return json_body(raw, max_depth), total // 4  # and the prompt estimate: ~4 bytes per token
 
 
 def _deadline(request: Request[Any, Any, Any], header: str | None) -> float | None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
+
+import msgspec
 
 from engine import carry
 from engine.catalog import Candidate
@@ -34,7 +36,7 @@ class Context:
     job: Job | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class UpstreamRequest:
     """The exact request a provider receives, and what answer to expect from it."""
 
@@ -51,6 +53,16 @@ class UpstreamRequest:
     # metered or sent: called with the raised JSON answer (None for bytes) and the caller's key id. A video
     # job is stored or updated here, and `call.usage` set only on the one call that meters it.
     settle: Callable[[Call, JSON | None, str], Awaitable[None]] | None = None
+    _sent: bytes | None = field(default=None, init=False, repr=False)
+
+    def json_bytes(self) -> bytes:
+        """The JSON body as sent, encoded once (a retry sends the same bytes). The lowered object is let go of
+        then: a request waiting on its upstream, seconds for a model, holds its body once, as these bytes.
+        (`engine lower` and the snapshots read `body` itself, before anything is sent.)"""
+        if self._sent is None:
+            self._sent = msgspec.json.encode(self.body)
+            self.body = None
+        return self._sent
 
     def redacted_headers(self) -> dict[str, str]:
         return {**self.headers, **self.candidate.provider.auth_headers(redacted=True)}

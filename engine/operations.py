@@ -16,6 +16,7 @@ and the catalog's start-up specialization all read their names from here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -269,36 +270,49 @@ def _refuse_unserved(candidate: Candidate, operation: str) -> GatewayError:
     )
 
 
-# A model-resolved operation once its body is parsed: (gateway, body, prompt estimate, key, timer).
-ModelOperation = Callable[[Gateway, dict[str, Any], int, KeyRecord, Timer], Awaitable[Response[Any]]]
+# A model-resolved operation: (gateway, how to read its body, key, timer). It reads the body itself, so that
+# nothing above it holds the parsed body while the upstream answers.
+BodyReader = Callable[[], Awaitable[tuple[dict[str, Any], int]]]
+ModelOperation = Callable[[Gateway, BodyReader, KeyRecord, Timer], Awaitable[Response[Any]]]
 
 
 def by_model(row: OperationRow, receipt: bool = False) -> ModelOperation:
     """Resolve the body's `model` to its live candidates, admit the request under the key's limits, and
-    try the candidates in fallback order. The body arrives parsed: its raw bytes are not kept, only the
-    prompt estimate they gave (~4 bytes per token), so a request in flight holds one copy of its body."""
+    try the candidates in fallback order.
+
+    The body is read parsed: its raw bytes are not kept, only the prompt estimate they gave (~4 bytes per
+    token). Once the last candidate is prepared, no later attempt can need the parsed body, so it is let go
+    of; with the lowered request's own object dropped once encoded (`UpstreamRequest.json_bytes`), a request
+    waiting on its upstream holds one copy of its body, as the bytes it sent."""
     prepare, validate, name = row.prepare, row.validate, row.name
     assert prepare is not None
+    releases = row.body == "json"  # a multipart form is closed at the end instead
 
-    async def operation(
-        gw: Gateway, body: dict[str, Any], estimate: int, key: KeyRecord, timer: Timer
-    ) -> Response[Any]:
+    async def operation(gw: Gateway, read: BodyReader, key: KeyRecord, timer: Timer) -> Response[Any]:
+        body, estimate = await read()
         try:
             if validate is not None:
                 validate(body)
             await carry_store.enter(gw.database, key.id, body, gw.specs.routes.gateway.carry_ttl_seconds)
             ctx = gw.context
 
-            def prepared(candidate: Candidate) -> Callable[[], tuple[UpstreamRequest, Renderer]]:
+            def prepared(candidate: Candidate, last: bool) -> Callable[[], tuple[UpstreamRequest, Renderer]]:
                 def build() -> tuple[UpstreamRequest, Renderer]:
+                    nonlocal body
                     if name not in candidate.serves:
                         raise _refuse_unserved(candidate, name)
-                    return prepare(body, candidate, ctx)
+                    ready = prepare(body, candidate, ctx)
+                    if last and releases:
+                        body = {}  # what the lowered request needs, it holds
+                    return ready
 
                 return build
 
             resolved = gw.catalog.resolve_all(_model_of(body))
-            candidates = [(c.provider.id, c.provider.spec.retry, prepared(c)) for c in resolved]
+            final = len(resolved) - 1
+            candidates = [
+                (c.provider.id, c.provider.spec.retry, prepared(c, i == final)) for i, c in enumerate(resolved)
+            ]
             trip = await _admit(gw, key, name, timer, estimate, receipt)
 
             def attempt(ready: tuple[UpstreamRequest, Renderer]) -> Awaitable[Response[Any]]:
@@ -369,8 +383,9 @@ def _parsed(row: OperationRow, operation: ModelOperation) -> Handler:
         gw: Gateway, request: Request[Any, Any, Any], key: KeyRecord | None, timer: Timer
     ) -> Response[Any]:
         assert key is not None  # engine check keeps proxied operations behind gateway keys
-        body, estimate = await _parse(row, request, gw.specs.routes.gateway.max_json_depth)
-        return await operation(gw, body, estimate, key, timer)
+        return await operation(
+            gw, functools.partial(_parse, row, request, gw.specs.routes.gateway.max_json_depth), key, timer
+        )
 
     return parse_then
 

@@ -116,7 +116,7 @@ def _request(upstream: UpstreamRequest, connect: float) -> httpx.Request:
         return httpx.Request(
             upstream.method, url, headers=upstream.headers, content=upstream.body.stream(), extensions=extensions
         )
-    body = httpx.ByteStream(_encode(upstream.body) if kind == "json" else b"")
+    body = httpx.ByteStream(upstream.json_bytes() if kind == "json" else b"")
     request = httpx.Request(upstream.method, url, headers=upstream.headers, stream=body, extensions=extensions)
     request.headers.encoding = "ascii"  # str headers became bytes as ASCII, or httpx refused them: no guessing
     request.read()  # `request.content` is then the whole body, sent in one write
