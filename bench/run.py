@@ -1205,10 +1205,12 @@ def run(args: argparse.Namespace, workdir: Path, procs: Processes) -> dict[str, 
         port, log = free_port(), workdir / "floor.log"
         floor_argv = [sys.executable, str(Path(__file__).with_name("passthrough.py")), "--host", HOST]
         floor_argv += ["--port", str(port), "--upstream", f"http://{HOST}:{fake_port}/v1", "--key", UPSTREAM_KEY]
+        floor_argv += ["--client", args.floor_client]
         process = procs.start(floor_argv, env, log, gateway_cpus)
         wait_until_listening(port, process, log)
         targets.append(Target("floor", port, "/external/v1/chat/completions", UPSTREAM_MODEL, headers, process.pid))
-        print(f"floor: bench/passthrough.py, the bare passthrough (pid {process.pid}, port {port})")
+        what = f"bench/passthrough.py --client {args.floor_client}, the bare passthrough"
+        print(f"floor: {what} (pid {process.pid}, port {port})")
 
     results["bodies"] = {}
     if not args.only_soak:
@@ -1300,6 +1302,12 @@ def main(argv: list[str] | None = None) -> int:
         " (default small)",
     )
     parser.add_argument("--no-floor", action="store_true", help="leave out the bare passthrough (bench/passthrough.py)")
+    parser.add_argument(
+        "--floor-client",
+        choices=("aiohttp", "engine"),
+        default="aiohttp",
+        help="the floor's upstream client: one aiohttp session (issue 13's floor), or the gateway's own",
+    )
     parser.add_argument(
         "--relay-requests",
         type=int,
