@@ -38,6 +38,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `engine` and `tests.fakes` when run from anywhere
 
+from engine.bounded import read_decoded  # noqa: E402
 from engine.transport import AiohttpTransport, make_client  # noqa: E402
 
 BODY = b'{"model":"gpt-4.1","messages":[{"role":"user","content":"Say hello."}]}'
@@ -147,6 +148,63 @@ class TransportOnly(Subject):
         await self.transport.aclose()
 
 
+class EngineAsProxy(Subject):
+    """`make_client()` exactly as engine/proxy.py drives it: the request built from pre-encoded bytes with a
+    cached parsed URL (`engine.proxy._request`), the answer read from its stream by `engine.bounded`."""
+
+    name = "engine make_client(), as engine/proxy.py uses it"
+
+    def __init__(self, url: str) -> None:
+        self.client, self.url = make_client(), httpx.URL(url)
+        self.extensions = {"timeout": TIMEOUT.as_dict()}
+
+    async def call(self) -> int:
+        request = httpx.Request("POST", self.url, headers=HEADERS, stream=httpx.ByteStream(BODY))
+        request.extensions = self.extensions
+        request.headers.encoding = "ascii"
+        request.read()
+        response = await self.client.send(request, stream=True)
+        try:
+            await read_decoded(response, 1 << 26)
+        finally:
+            await response.aclose()
+        return response.status_code
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class AiohttpAsTransport(Subject):
+    """aiohttp called exactly as `AiohttpTransport` calls it, with no httpx object around: with the row above,
+    the price of httpx's interface itself."""
+
+    name = "aiohttp, called as AiohttpTransport calls it"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=600.0)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512), auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def call(self) -> int:
+        response = await self.session.request(
+            "POST", self.url, headers=list(HEADERS.items()), data=BODY, allow_redirects=False, timeout=self.timeout
+        )
+        try:
+            read = response.content.readany
+            chunks = []
+            while chunk := await read():
+                chunks.append(chunk)
+            b"".join(chunks)
+        finally:
+            response.release()
+        return response.status
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
 class RawAiohttp(Subject):
     """aiohttp.ClientSession with no httpx at all: the floor for a Python client on this machine."""
 
@@ -197,7 +255,7 @@ def make_subjects(url: str) -> list[Subject]:
         )
     except ImportError:
         pass
-    subjects += [TransportOnly(url), RawAiohttp(url)]
+    subjects += [TransportOnly(url), EngineAsProxy(url), AiohttpAsTransport(url), RawAiohttp(url)]
     return subjects
 
 
