@@ -4,9 +4,7 @@ all built once at start-up. Request handlers only read it."""
 from __future__ import annotations
 
 import datetime
-import fnmatch
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from engine.ledger import Recorder
 from engine.limits import Gatekeeper
 from engine.liveness import Prober
 from engine.lower import Context
-from engine.sanitize import Sanitizer
+from engine.sanitize import HeaderForwarding, Sanitizer
 from engine.spec.loader import Specs, load_specs
 from engine.spec.models import ProviderSpec
 from engine.storage import REPO_ROOT, Database, open_database, open_limiter
@@ -58,7 +56,7 @@ class Gateway:
     context: Context  # what every operation's `prepare` reads from the gateway's settings
     jobs: JobStore  # asynchronous jobs (video), under gateway-issued ids
     authenticate: Authenticator
-    forward_headers: re.Pattern[str]  # routes.sanitize.forward_headers as one pattern
+    forwarding: HeaderForwarding  # routes.sanitize.forward_headers and request_id_headers
     prober: Prober  # keeps local servers' liveness current
     attempts: Policy  # routes.fallback: what runs after a failed upstream attempt
     pools: dict[str, Pool]  # each provider's own connections (`[pool]`, `timeouts.pool`)
@@ -105,8 +103,8 @@ class Gateway:
             strip_fields=frozenset(routes.sanitize.strip_fields),
             context=Context(frozenset(routes.sanitize.strip_fields), database),
             jobs=database,
-            forward_headers=re.compile(
-                "|".join(fnmatch.translate(p) for p in routes.sanitize.forward_headers) or "(?!)", re.IGNORECASE
+            forwarding=HeaderForwarding(
+                routes.sanitize.forward_headers, routes.sanitize.request_id_headers, routes.headers.upstream_request_id
             ),
             answer_limits=answer_limits,
             authenticate=Authenticator(database, routes.gateway.key_prefix, routes.gateway.key_cache_seconds),

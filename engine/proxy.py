@@ -58,21 +58,7 @@ def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest, trip: Trip) -> di
 
 def _forwarded(gw: Gateway, response: httpx.Response, sanitize: Sanitizer) -> dict[str, str]:
     """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error, redacted."""
-    wanted = gw.forward_headers.fullmatch
-    name = gw.specs.routes.headers.upstream_request_id
-    sources = [s.lower() for s in gw.specs.routes.sanitize.request_id_headers] if name else []
-    kept: dict[str, str] = {}
-    ids: dict[str, str] = {}
-    for key, value in response.headers.multi_items():  # one pass; names are lower-case
-        if wanted(key):
-            kept[key] = f"{kept[key]}, {value}" if key in kept else value  # as `Headers.items()` joins repeats
-        if key in sources and value and key not in ids:
-            ids[key] = value
-    forwarded = {k: sanitize.header(v) for k, v in kept.items()}
-    found = next((ids[source] for source in sources if source in ids), None)
-    if name and found:
-        forwarded[name] = sanitize.header(found[:128])
-    return forwarded
+    return gw.forwarding(response.headers, sanitize)
 
 
 def _strip(gw: Gateway, doc: Any) -> Any:

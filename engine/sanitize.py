@@ -14,10 +14,13 @@ a stack trace is replaced whole. Forwarded upstream headers go through the same 
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import httpx
 
 from engine.catalog import Provider
 from engine.error_rules import CompiledErrorRule, answering
@@ -124,3 +127,50 @@ class Sanitizer:
         if len(text) > self.message_chars:
             text = text[: self.message_chars - 1] + "…"
         return text
+
+
+class HeaderForwarding:
+    """routes.toml's `sanitize.forward_headers` and `request_id_headers`, compiled: the upstream headers an answer
+    (success or error) passes on, redacted, and the upstream's request id under the gateway's own header name.
+
+    Which names those are is decided once per header name, since an upstream sends the same dozen names on every
+    answer; a request then decodes only the values it keeps. (A name seen for the first time is matched against
+    the patterns; the memo is bounded, so an upstream inventing names cannot grow it.)"""
+
+    _MEMO_MAX = 1024
+
+    def __init__(self, patterns: Sequence[str], id_sources: Sequence[str], id_header: str | None) -> None:
+        self._wanted = re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)", re.IGNORECASE).fullmatch
+        self._sources = [s.lower() for s in id_sources] if id_header else []
+        self._id_header = id_header
+        self._memo: dict[bytes, tuple[str, bool, bool] | None] = {}
+
+    def _kind(self, raw_name: bytes) -> tuple[str, bool, bool] | None:
+        """(the lower-case name, forwarded, a request id source), or None for a header this answer drops."""
+        name = raw_name.lower().decode("latin-1")  # ASCII-only lower-casing, as httpx does
+        wanted, source = self._wanted(name) is not None, name in self._sources
+        found = (name, wanted, source) if wanted or source else None
+        if len(self._memo) >= self._MEMO_MAX:
+            self._memo.clear()
+        self._memo[raw_name] = found
+        return found
+
+    def __call__(self, headers: httpx.Headers, sanitizer: Sanitizer) -> dict[str, str]:
+        memo, encoding = self._memo, headers.encoding
+        kept: dict[str, str] = {}
+        ids: dict[str, str] = {}
+        for raw_name, raw_value in headers.raw:
+            kind = memo[raw_name] if raw_name in memo else self._kind(raw_name)
+            if kind is None:
+                continue
+            name, wanted, source = kind
+            value = raw_value.decode(encoding)
+            if wanted:
+                kept[name] = f"{kept[name]}, {value}" if name in kept else value  # as `Headers.items()` joins repeats
+            if source and value and name not in ids:
+                ids[name] = value
+        forwarded = {name: sanitizer.header(value) for name, value in kept.items()}
+        if ids and self._id_header:
+            found = next(ids[source] for source in self._sources if source in ids)
+            forwarded[self._id_header] = sanitizer.header(found[:128])
+        return forwarded
