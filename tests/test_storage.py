@@ -97,6 +97,19 @@ async def test_ledger_rows_group_by_day_and_roll_up_without_changing_totals(data
     assert spend == pytest.approx({"k1": 0.25, "k2": 0.25})
 
 
+async def test_a_large_batch_is_written_whole_and_every_row_reads_back(database: Any) -> None:
+    """A flush of more rows than any test writes elsewhere: every row and its units read back."""
+    now = time.time()
+    rows = [
+        row(f"k{n % 3}", now - n, prompt_tokens=n, units={"images": n} if n % 7 == 0 and n else {}) for n in range(1234)
+    ]
+    await database.append(rows)
+    recent = await database.recent(limit=2000)
+    assert len(recent) == 1234
+    assert sorted(r.prompt_tokens for r in recent) == list(range(1234))
+    assert {r.prompt_tokens: dict(r.units) for r in recent if r.units} == {n: {"images": n} for n in range(7, 1234, 7)}
+
+
 async def test_a_database_from_before_versioning_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as old:  # the schema as it was before the ledger
