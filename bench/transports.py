@@ -174,37 +174,6 @@ class EngineAsProxy(Subject):
         await self.client.aclose()
 
 
-class AiohttpAsTransport(Subject):
-    """aiohttp called exactly as `AiohttpTransport` calls it, with no httpx object around: with the row above,
-    the price of httpx's interface itself."""
-
-    name = "aiohttp, called as AiohttpTransport calls it"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=600.0)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512), auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
-
-    async def call(self) -> int:
-        response = await self.session.request(
-            "POST", self.url, headers=list(HEADERS.items()), data=BODY, allow_redirects=False, timeout=self.timeout
-        )
-        try:
-            read = response.content.readany
-            chunks = []
-            while chunk := await read():
-                chunks.append(chunk)
-            b"".join(chunks)
-        finally:
-            response.release()
-        return response.status
-
-    async def aclose(self) -> None:
-        await self.session.close()
-
-
 class RawAiohttp(Subject):
     """aiohttp.ClientSession with no httpx at all: the floor for a Python client on this machine."""
 
@@ -224,6 +193,27 @@ class RawAiohttp(Subject):
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+class AiohttpAsTransport(RawAiohttp):
+    """aiohttp called exactly as `AiohttpTransport` calls it, with no httpx object around: with the row above,
+    the price of httpx's interface itself."""
+
+    name = "aiohttp, called as AiohttpTransport calls it"
+
+    async def call(self) -> int:
+        response = await self.session.request(
+            "POST", self.url, headers=list(HEADERS.items()), data=BODY, allow_redirects=False, timeout=self.timeout
+        )
+        try:
+            read = response.content.readany
+            chunks = []
+            while chunk := await read():
+                chunks.append(chunk)
+            b"".join(chunks)
+        finally:
+            response.release()
+        return response.status
 
 
 def make_subjects(url: str) -> list[Subject]:

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from engine.catalog import Catalog
-from engine.lower import lower_request
+from engine.lower import UpstreamRequest, lower_request
 from engine.proxy import _request
 from engine.select import select_wire
 from engine.spec.loader import load_specs
@@ -23,10 +23,14 @@ from tests.inprocess import InProcess, ok
 CATALOG = Catalog.from_specs(load_specs(SPECS), env={"OPENAI_API_KEY": "sk-test"})
 
 
-def test_the_request_carries_the_lowered_headers_and_body_and_nothing_else() -> None:
+def lowered_hello() -> UpstreamRequest:
     candidate = CATALOG.all_candidates("openai/gpt-4.1")[0]
     body = {"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
-    upstream = lower_request(candidate, body, select_wire(candidate, body, "chat.completions"), "chat.completions")
+    return lower_request(candidate, body, select_wire(candidate, body, "chat.completions"), "chat.completions")
+
+
+def test_the_request_carries_the_lowered_headers_and_body_and_nothing_else() -> None:
+    upstream = lowered_hello()
     lowered = msgspec.json.encode(upstream.body)
     request = _request(upstream, connect=3.0)
     assert request.method == upstream.method
@@ -38,9 +42,7 @@ def test_the_request_carries_the_lowered_headers_and_body_and_nothing_else() -> 
 
 def test_a_sent_request_holds_its_body_once_as_bytes_and_a_retry_sends_the_same() -> None:
     """While the upstream answers (seconds, for a model), the lowered object is not kept beside its bytes."""
-    candidate = CATALOG.all_candidates("openai/gpt-4.1")[0]
-    body = {"model": "openai/gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
-    upstream = lower_request(candidate, body, select_wire(candidate, body, "chat.completions"), "chat.completions")
+    upstream = lowered_hello()
     lowered = msgspec.json.encode(upstream.body)
     first = _request(upstream, connect=3.0)
     assert upstream.body is None
