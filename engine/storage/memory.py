@@ -20,7 +20,18 @@ class KeyState:
     """One key's counters. Buckets hold what is left of a minute's allowance, refilled continuously; the
     token bucket may go into debt (tokens counted after the fact), and admits nothing until it is out."""
 
-    __slots__ = ("day", "day_usd", "in_flight", "month", "month_usd", "requests", "stamp", "tokens")
+    __slots__ = (
+        "day",
+        "day_ends",
+        "day_usd",
+        "in_flight",
+        "month",
+        "month_ends",
+        "month_usd",
+        "requests",
+        "stamp",
+        "tokens",
+    )
 
     def __init__(self, limits: KeyLimits, now: float) -> None:
         self.requests = float(limits.rpm or 0)
@@ -28,22 +39,31 @@ class KeyState:
         self.stamp = now
         self.in_flight = 0
         self.day = self.month = ""
+        self.day_ends = self.month_ends = 0.0  # wall time; 0: the spend's periods are still to be found
         self.day_usd = self.month_usd = 0.0
 
     def refill(self, limits: KeyLimits, now: float) -> None:
         elapsed = now - self.stamp
         self.stamp = now
-        if limits.rpm:
-            self.requests = min(limits.rpm, self.requests + elapsed * limits.rpm / 60.0)
-        if limits.tpm:
-            self.tokens = min(limits.tpm, self.tokens + elapsed * limits.tpm / 60.0)
+        rpm, tpm = limits.rpm, limits.tpm
+        if rpm:
+            requests = self.requests + elapsed * rpm / 60.0
+            self.requests = requests if requests < rpm else rpm
+        if tpm:
+            tokens = self.tokens + elapsed * tpm / 60.0
+            self.tokens = tokens if tokens < tpm else tpm
 
-    def spend(self, periods: Periods) -> tuple[float, float]:
+    def roll(self, now: float) -> None:
+        """Count spend in the UTC day and month `now` (wall time) falls in: one comparison until the day ends."""
+        if now >= self.day_ends:
+            self.roll_to(Periods.at(now))
+
+    def roll_to(self, periods: Periods) -> None:
         if self.day != periods.day:
             self.day, self.day_usd = periods.day, 0.0
         if self.month != periods.month:
             self.month, self.month_usd = periods.month, 0.0
-        return self.day_usd, self.month_usd
+        self.day_ends, self.month_ends = periods.day_ends, periods.month_ends
 
 
 class MemoryLimiter:
@@ -62,12 +82,11 @@ class MemoryLimiter:
         state = self._state(key_id, limits, time.monotonic())
         if limits.daily_usd or limits.monthly_usd:
             now = time.time()
-            periods = Periods.at(now)
-            day_usd, month_usd = state.spend(periods)
-            if limits.daily_usd and day_usd >= limits.daily_usd:
-                return Admission(Refusal("daily_usd", limits.daily_usd, periods.day_ends - now))
-            if limits.monthly_usd and month_usd >= limits.monthly_usd:
-                return Admission(Refusal("monthly_usd", limits.monthly_usd, periods.month_ends - now))
+            state.roll(now)
+            if limits.daily_usd and state.day_usd >= limits.daily_usd:
+                return Admission(Refusal("daily_usd", limits.daily_usd, state.day_ends - now))
+            if limits.monthly_usd and state.month_usd >= limits.monthly_usd:
+                return Admission(Refusal("monthly_usd", limits.monthly_usd, state.month_ends - now))
         if limits.concurrent and state.in_flight >= limits.concurrent:
             return Admission(Refusal("concurrent", limits.concurrent, 1.0))
         if limits.rpm and state.requests < 1:
@@ -87,14 +106,14 @@ class MemoryLimiter:
             state.in_flight = max(0, state.in_flight - 1)
         state.tokens -= tokens
         if cost_usd:
-            state.spend(Periods.at(time.time()))
+            state.roll(time.time())
             state.day_usd += cost_usd
             state.month_usd += cost_usd
 
     async def seed_spend(self, periods: Periods, day: Mapping[str, float], month: Mapping[str, float]) -> None:
         for key_id in {*day, *month}:
             state = self._keys.setdefault(key_id, KeyState(KeyLimits(), time.monotonic()))
-            state.spend(periods)
+            state.roll_to(periods)
             state.day_usd = max(state.day_usd, day.get(key_id, 0.0))
             state.month_usd = max(state.month_usd, month.get(key_id, 0.0))
 
