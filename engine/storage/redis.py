@@ -159,10 +159,11 @@ class _Key:
 
     __slots__ = (
         "cost",
-        "day",
+        "day_ends",
         "day_usd",
         "in_flight",
         "limits",
+        "month_ends",
         "month_usd",
         "requests",
         "slots",
@@ -181,7 +182,8 @@ class _Key:
         self.slots = 0  # concurrency slots leased, not in use
         self.in_flight = 0  # slots in use
         self.cost = 0.0  # spend not yet added to the shared total
-        self.day = ""  # the UTC day of the spend figures
+        # When the UTC day and month of the spend figures end (wall time); 0: no figures yet.
+        self.day_ends = self.month_ends = 0.0
         self.day_usd = self.month_usd = 0.0  # the shared spend at the last sync
         self.synced = -math.inf  # monotonic time of the last sync
         self.syncing = False
@@ -194,13 +196,12 @@ class _Key:
             return None
         if limits.daily_usd or limits.monthly_usd:
             now = time.time()
-            periods = Periods.at(now)
-            if periods.day != self.day:
+            if now >= self.day_ends:  # the spend figures are another day's (or none yet): Redis has today's
                 return None
             if limits.daily_usd and self.day_usd + self.cost >= limits.daily_usd:
-                return Admission(Refusal("daily_usd", limits.daily_usd, periods.day_ends - now))
+                return Admission(Refusal("daily_usd", limits.daily_usd, self.day_ends - now))
             if limits.monthly_usd and self.month_usd + self.cost >= limits.monthly_usd:
-                return Admission(Refusal("monthly_usd", limits.monthly_usd, periods.month_ends - now))
+                return Admission(Refusal("monthly_usd", limits.monthly_usd, self.month_ends - now))
         if (
             (limits.concurrent and self.slots < 1)
             or (limits.rpm and self.requests < 1)
@@ -443,7 +444,8 @@ class RedisLimiter:
         limits = key.limits
         admitted, name, wait, got_r, got_t, got_s, day_usd, month_usd = result
         key.synced = synced
-        key.day, key.day_usd, key.month_usd = periods.day, float(day_usd), float(month_usd)
+        key.day_usd, key.month_usd = float(day_usd), float(month_usd)
+        key.day_ends, key.month_ends = periods.day_ends, periods.month_ends
         key.owe(int(got_r), int(got_t), int(got_s), 0.0)
         refusal = Admission(Refusal(name, float(getattr(limits, name)), max(0.0, float(wait)))) if name else None
         for index, (waiter, tokens) in enumerate(waiters):
