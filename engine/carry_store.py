@@ -23,8 +23,8 @@ import base64
 import contextvars
 import hashlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from engine import carry
@@ -33,19 +33,25 @@ from engine.storage.base import CarryStore
 LETTER = "s"
 
 
-@dataclass
-class Scope:
-    """One request's view of the store: what it fetched, and what it has to write."""
+_NOTHING: Mapping[str, bytes] = MappingProxyType({})  # what a request that names no stored reference fetched
 
-    store: CarryStore
-    key_id: str
-    ttl_seconds: float
-    fetched: dict[str, bytes] = field(default_factory=dict)
-    outbox: dict[str, bytes] = field(default_factory=dict)
+
+class Scope:
+    """One request's view of the store: what it fetched, and what it has to write. Most requests fetch and
+    write nothing, so neither is made for them."""
+
+    __slots__ = ("fetched", "key_id", "outbox", "store", "ttl_seconds")
+
+    def __init__(self, store: CarryStore, key_id: str, ttl_seconds: float) -> None:
+        self.store = store
+        self.key_id = key_id
+        self.ttl_seconds = ttl_seconds
+        self.fetched: Mapping[str, bytes] = _NOTHING
+        self.outbox: dict[str, bytes] | None = None  # made by the first state packed by reference
 
     async def flush(self) -> None:
         if self.outbox:
-            outbox, self.outbox = self.outbox, {}
+            outbox, self.outbox = self.outbox, None
             await self.store.put_carried(self.key_id, outbox, time.time() + self.ttl_seconds)
 
 
@@ -66,6 +72,8 @@ class StoredBackend:
             raise RuntimeError("the stored carry backend needs a request scope (engine.carry_store.enter)")
         digest = hashlib.sha256(owner.encode() + b"\0" + state).digest()[:24]
         ref = base64.urlsafe_b64encode(digest).decode("ascii")  # 32 characters, no padding
+        if scope.outbox is None:
+            scope.outbox = {}
         scope.outbox[ref] = state
         return ref
 
@@ -92,6 +100,12 @@ async def enter(store: CarryStore, key_id: str, body: dict[str, Any], ttl_second
         scope.fetched = await store.get_carried(key_id, refs, time.time())
     _SCOPE.set(scope)
     return scope
+
+
+def unwritten() -> bool:
+    """Whether this request packed state that `flush` has yet to write (an await saved on most requests)."""
+    scope = _SCOPE.get()
+    return scope is not None and bool(scope.outbox)
 
 
 async def flush() -> None:

@@ -261,7 +261,8 @@ async def _proxy(
         raise _invalid(candidate.provider.id, "an answer that does not have the shape of its API") from None
     if isinstance(raised, UpstreamError):  # a 200 that is a refusal (a blocked prompt, a failed response)
         raise _upstream_error(gw, upstream, response, sanitize, None, raised)
-    await carry_store.flush()  # state packed into the answer's ids is stored before the client can use them
+    if carry_store.unwritten():
+        await carry_store.flush()  # state packed into the answer's ids is stored before the client can use them
     if upstream.settle is not None:
         await upstream.settle(call, answer_doc, trip.key_id)
     row = gw.recorder.finish(trip, call.usage, 200)
@@ -461,7 +462,8 @@ async def _stripped(
         yield item
     async for item in rest:
         yield _stripped_item(gw, item, trip, search)
-    await carry_store.flush()
+    if carry_store.unwritten():
+        await carry_store.flush()
 
 
 async def _relay(
