@@ -56,11 +56,6 @@ def diagnostic_headers(gw: Gateway, upstream: UpstreamRequest, trip: Trip) -> di
     return headers
 
 
-def _forwarded(gw: Gateway, response: httpx.Response, sanitize: Sanitizer) -> dict[str, str]:
-    """The upstream headers routes.toml passes on (rate-limit state, retry-after), success or error, redacted."""
-    return gw.forwarding(response.headers, sanitize)
-
-
 def _strip(gw: Gateway, doc: Any) -> Any:
     if isinstance(doc, dict) and gw.strip_fields and not gw.strip_fields.isdisjoint(doc):
         return {k: v for k, v in doc.items() if k not in gw.strip_fields}
@@ -215,7 +210,7 @@ async def _proxy(
         status = status if status >= 400 else 502
         raise _upstream_error(gw, upstream, response, sanitize, status, wire.error_of(raw))
 
-    headers.update(_forwarded(gw, response, sanitize))
+    headers.update(gw.forwarding(response.headers, sanitize))
     if answer == "sse":
         try:
             items = await _committed(gw, upstream, trip, response, sanitize, limits)
@@ -313,7 +308,7 @@ def _upstream_error(
     routes.toml forwards, and its `Failure` for the attempt policy (the status it stands for, the upstream's
     own code and retry-after). `status` None: an error reported inside a 200 answer or stream."""
     error = sanitize(status, raw)
-    error.headers.update(_forwarded(gw, response, sanitize))
+    error.headers.update(gw.forwarding(response.headers, sanitize))
     # a 2xx that is not the protocol asked for (JSON to a stream call) is not an error the upstream reported
     kind = Kind.INVALID if status is not None and response.status_code < 400 else Kind.STATUS
     retry_after = gw.attempts.retry_after(response.headers)

@@ -321,10 +321,10 @@ class Watch:
         if caller is not None and now - caller.sending_since >= caller.idle:
             caller.drop()
             return True
-        if now >= self._slow_at:
+        if now >= self._slow_at:  # only set with a caller
             self._slow_at = math.inf
-            assert self._caller is not None
-            self._caller.listen()
+            assert caller is not None
+            caller.listen()
         when, kind = self._due()
         if now < when:
             return False

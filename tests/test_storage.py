@@ -162,3 +162,16 @@ def test_engine_db_accepts_urls_and_plain_paths(tmp_path: Path) -> None:
     assert open_database(f"sqlite:///{tmp_path}/a.db").path == tmp_path / "a.db"  # type: ignore[attr-defined]
     with pytest.raises(StoreError, match="unsupported"):
         open_database("mysql://db/x")
+
+
+async def test_engine_redis_takes_valkey_urls_as_the_redis_scheme_they_stand_for() -> None:
+    """Valkey speaks Redis's protocol; redis-py knows only its own URL schemes. (No server is reached here.)"""
+    from engine.storage import open_limiter
+    from engine.storage.redis import RedisLimiter
+
+    for url, driver in (("valkey://127.0.0.1:6390/2", "redis://"), ("valkeys://cache:6390/0", "rediss://")):
+        limiter = open_limiter(url)
+        assert isinstance(limiter, RedisLimiter) and limiter.url.startswith(driver)
+        await limiter.close()
+    with pytest.raises(StoreError, match="ENGINE_REDIS"):
+        open_limiter("memcached://127.0.0.1:11211")

@@ -58,6 +58,11 @@ def open_database(url: str | os.PathLike[str] | None = None) -> Database:
     raise StoreError(f"ENGINE_DB: unsupported database URL scheme {scheme!r}; use sqlite:///PATH or postgresql://…")
 
 
+# ENGINE_REDIS schemes, as the driver (redis-py) spells them: Valkey speaks Redis's protocol, but redis-py
+# refuses a `valkey://` URL, so those are read as the Redis scheme they stand for.
+_REDIS_SCHEMES = {"redis": "redis", "rediss": "rediss", "unix": "unix", "valkey": "redis", "valkeys": "rediss"}
+
+
 def open_limiter(url: str | None = None, policy: LimitsSpec | None = None) -> Limiter:
     """The limiter for `url`, else `ENGINE_REDIS`, else the in-process one (`policy`: routes.toml's limits)."""
     url = url or os.environ.get("ENGINE_REDIS") or None
@@ -65,8 +70,11 @@ def open_limiter(url: str | None = None, policy: LimitsSpec | None = None) -> Li
         from engine.storage.memory import MemoryLimiter
 
         return MemoryLimiter()
-    if url.partition("://")[0].lower() not in ("redis", "rediss", "unix", "valkey", "valkeys"):
-        raise StoreError("ENGINE_REDIS: use a redis://host:port/db (or rediss://, unix://) URL")
+    scheme, sep, rest = url.partition("://")
+    driver = _REDIS_SCHEMES.get(scheme.lower()) if sep else None
+    if driver is None:
+        raise StoreError("ENGINE_REDIS: use a redis://host:port/db URL (or rediss://, unix://, valkey://, valkeys://)")
+    url = f"{driver}://{rest}"
     from engine.storage.redis import RedisLimiter
 
     policy = policy or LimitsSpec()
