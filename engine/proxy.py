@@ -84,6 +84,14 @@ def _timeout(connect: float) -> dict[str, float | None]:
     return httpx.Timeout(None, connect=connect).as_dict()
 
 
+@functools.lru_cache(maxsize=1024)
+def _headers(items: tuple[tuple[str, str], ...]) -> httpx.Headers:
+    """A lowered request's headers, normalised by httpx once per distinct set: they are the provider's own
+    (its spec's headers and credential), the same on every request with one content type and `accept`, and
+    `httpx.Request` copies a `Headers` it is given as a list instead of normalising each header again."""
+    return httpx.Headers(dict(items))
+
+
 def _request(upstream: UpstreamRequest, connect: float) -> httpx.Request:
     """The `httpx.Request` of a lowered request, built from its encoded body as a ready stream.
 
@@ -98,7 +106,8 @@ def _request(upstream: UpstreamRequest, connect: float) -> httpx.Request:
             upstream.method, url, headers=upstream.headers, content=upstream.body.stream(), extensions=extensions
         )
     body = httpx.ByteStream(upstream.json_bytes() if kind == "json" else b"")
-    request = httpx.Request(upstream.method, url, headers=upstream.headers, stream=body, extensions=extensions)
+    headers = _headers(tuple(upstream.headers.items()))
+    request = httpx.Request(upstream.method, url, headers=headers, stream=body, extensions=extensions)
     request.headers.encoding = "ascii"  # str headers became bytes as ASCII, or httpx refused them: no guessing
     request.read()  # `request.content` is then the whole body, sent in one write
     return request
