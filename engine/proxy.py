@@ -89,7 +89,7 @@ def _headers(items: tuple[tuple[str, str], ...]) -> httpx.Headers:
     """A lowered request's headers, normalised by httpx once per distinct set: they are the provider's own
     (its spec's headers and credential), the same on every request with one content type and `accept`, and
     `httpx.Request` copies a `Headers` it is given as a list instead of normalising each header again."""
-    return httpx.Headers(dict(items))
+    return httpx.Headers(items)
 
 
 def _request(upstream: UpstreamRequest, connect: float) -> httpx.Request:
